@@ -1,0 +1,83 @@
+"""Shared fixtures: a small MNIST-format data set on disk, the real one when given, and a runner
+for the scripts as a user starts them.
+
+Real-data tests read MNIST_DATA_DIR (a folder holding MNIST/raw/). Without it they skip,
+except under CI (CI set), where a skip would hide them, so they fail instead.
+"""
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FAKE_TRAIN, FAKE_TEST = 640, 200  # 10 training batches of 64, one test batch
+
+
+def write_idx(path, tensor):
+    """Write a uint8 tensor as an IDX file, the format of the MNIST files."""
+    magic = 0x0800 + tensor.dim()  # 0x08: unsigned byte
+    with open(path, "wb") as f:
+        f.write(struct.pack(f">I{tensor.dim()}I", magic, *tensor.shape))
+        f.write(tensor.to(torch.uint8).numpy().tobytes())
+
+
+def fake_digits(n, seed):
+    """Images with a class-dependent bright bar plus noise, so a model can learn them."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 28, 28), generator=g)
+    for i, d in enumerate(labels.tolist()):
+        images[i, 2 + 2 * d: 6 + 2 * d, 4:24] = 255
+    return images.to(torch.uint8), labels.to(torch.uint8)
+
+
+def make_fake_mnist(root):
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n, seed in (("train", FAKE_TRAIN, 1), ("t10k", FAKE_TEST, 2)):
+        images, labels = fake_digits(n, seed)
+        write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
+        write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def fake_mnist(tmp_path_factory):
+    """A data dir with four small IDX files, read through the real torchvision loader."""
+    return make_fake_mnist(tmp_path_factory.mktemp("fake_mnist"))
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    path = os.environ.get("MNIST_DATA_DIR")
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the real-data tests: set MNIST_DATA_DIR to a folder holding MNIST/raw/")
+        pytest.skip("set MNIST_DATA_DIR to a folder holding MNIST/raw/ to run the real-data tests")
+    raw = os.path.join(path, "MNIST", "raw", "train-images-idx3-ubyte")
+    assert os.path.isfile(raw), f"MNIST_DATA_DIR={path} has no MNIST/raw/train-images-idx3-ubyte"
+    return path
+
+
+def run_script(script, *args, cwd=None, timeout=300):
+    """Run python <script> as a user would; no network, so a download attempt fails at once."""
+    env = dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+    """Non-zero exit, one line on stderr that starts with 'error:' and names each fragment."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

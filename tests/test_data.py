@@ -1,0 +1,97 @@
+"""The loaders on small IDX files through torchvision's real MNIST reader."""
+import os
+import shutil
+
+import pytest
+import torch
+
+import data
+from conftest import FAKE_TEST, FAKE_TRAIN, fake_digits
+
+
+def epoch_batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == xb.dtype == torch.float32 and ya.dtype == yb.dtype == torch.int64
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_loaders_read_the_files_with_to_tensor_semantics(fake_mnist):
+    train, test = data.build_loaders(fake_mnist, batch_size=64, seed=0)
+    assert len(train.dataset) == FAKE_TRAIN and len(train) == 10
+    assert len(test.dataset) == FAKE_TEST
+    images, labels = fake_digits(FAKE_TEST, seed=2)  # what conftest wrote for the test split
+    (x, y), = list(test)  # not shuffled: one batch, in file order
+    assert x.shape == (FAKE_TEST, 1, 28, 28)
+    assert torch.equal(x[:, 0], images.float() / 255) and torch.equal(y, labels.long())
+
+
+@pytest.mark.parametrize("batch_size", [64, 100])
+def test_fast_and_classic_loaders_yield_identical_batches(fake_mnist, batch_size):
+    fast_train, fast_test = data.build_loaders(fake_mnist, batch_size, seed=3, loader="fast")
+    classic_train, classic_test = data.build_loaders(fake_mnist, batch_size, seed=3, loader="classic")
+    for _ in range(3):  # several epochs: the generator must advance alike
+        assert_same_batches(epoch_batches(fast_train), epoch_batches(classic_train))
+    assert_same_batches(epoch_batches(fast_test), epoch_batches(classic_test))
+    assert len(fast_train) == len(classic_train) == -(-FAKE_TRAIN // batch_size)
+
+
+def test_train_shuffles_each_epoch_test_does_not(fake_mnist):
+    train, test = data.build_loaders(fake_mnist, 64, seed=0)
+    images = [torch.cat([x.flatten(1) for x, _ in epoch_batches(train)]) for _ in range(2)]
+    assert not torch.equal(images[0], images[1])
+    assert torch.equal(images[0].sum(1).sort().values, images[1].sum(1).sort().values)  # same images
+    assert_same_batches(epoch_batches(test), epoch_batches(test))
+
+
+@pytest.mark.parametrize("loader", data.LOADERS)
+def test_evaluating_and_global_rng_do_not_change_training_order(fake_mnist, loader):
+    plain, _ = data.build_loaders(fake_mnist, 64, seed=5, loader=loader)
+    busy, test = data.build_loaders(fake_mnist, 64, seed=5, loader=loader)
+    expected = [epoch_batches(plain) for _ in range(2)]
+    got = []
+    for _ in range(2):
+        got.append(epoch_batches(busy))
+        epoch_batches(test)
+        torch.rand(10)  # someone else using the global RNG
+    for a, b in zip(expected, got):
+        assert_same_batches(a, b)
+
+
+def test_missing_files_without_download_name_the_folder(tmp_path):
+    with pytest.raises(data.DataError, match="MNIST/raw"):
+        data.load_mnist(str(tmp_path), train=True, download=False)
+
+
+def test_files_in_the_wrong_folder_are_pointed_out(fake_mnist, tmp_path):
+    raw = os.path.join(fake_mnist, "MNIST", "raw")
+    with pytest.raises(data.DataError, match="belong in <data dir>/MNIST/raw/"):
+        data.load_mnist(raw, train=True)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-100], "truncated or corrupt"),
+    (lambda b: b"\x00\x00\x08\x01" + b[4:], "wrong magic number"),
+    (lambda b: b"", "wrong magic number"),
+])
+def test_damaged_idx_files_are_refused_by_name(fake_mnist, tmp_path, damage, message):
+    root = tmp_path / "d"
+    shutil.copytree(fake_mnist, root)
+    path = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(data.DataError, match=message) as e:
+        data.load_mnist(str(root), train=True)
+    assert "train-images-idx3-ubyte" in str(e.value)
+
+
+def test_images_and_labels_from_different_sets_are_refused(fake_mnist, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(fake_mnist, root)
+    raw = root / "MNIST" / "raw"
+    shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
+    with pytest.raises(data.DataError, match="640 images but 200 labels"):
+        data.check_files(str(root))
