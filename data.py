@@ -9,14 +9,19 @@ Two loaders give the same batches, bit for bit:
   and each batch is one indexing operation, converted to float exactly as ToTensor does.
 
 The first run downloads the four MNIST files into <data dir>/MNIST/raw/.
+
+load_digit_image(path) turns a photo or scan of one digit into a 28x28 MNIST-style image.
 """
 import os
 import struct
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision import datasets, transforms
+from torchvision.transforms import functional as TF
 
 DATA_DIR = "data"  # where MNIST/raw/ lives or is downloaded to
 TEST_BATCH_SIZE = 1000  # evaluation only; fixed so train.py and evaluate.py sum the loss alike
@@ -174,3 +179,72 @@ def build_loaders(data_dir, batch_size, seed, loader="fast", device="cpu"):
     generator = torch.Generator().manual_seed(seed)
     train = make_loader(load_mnist(data_dir, True), batch_size, True, generator, loader, device)
     return train, build_test_loader(data_dir, loader, device, seed)
+
+
+def _max_filter(x, size):
+    """Grey-level dilation of a (H, W) tensor with a size x size square, done separably."""
+    x = F.max_pool2d(x[None, None], (size, 1), stride=1, padding=(size // 2, 0))
+    return F.max_pool2d(x, (1, size), stride=1, padding=(0, size // 2))[0, 0]
+
+
+def mnist_style(gray):
+    """A grayscale PIL image of one digit -> the 28x28 'L' image MNIST would have made of it.
+
+    As MNIST was made: light ink on black, the ink fitted into a 20x20 box keeping its aspect
+    ratio (anti-aliased), then pasted into 28x28 with its centre of mass at the centre.
+    Raises DataError when no ink stands out from the background.
+    """
+    gray.thumbnail((256, 256), Image.Resampling.LANCZOS)  # plenty for a 20x20 result, and quick
+    x = TF.pil_to_tensor(gray)[0].float() / 255
+    if x.median() > 0.5:  # most pixels are paper: dark ink on light paper, so invert
+        x = 1 - x
+    # Uneven lighting: the background is what survives a grey-level opening with a square
+    # wider than any stroke; subtracting it (a white top-hat) leaves the strokes on black.
+    size = max(x.shape) // 5 | 1
+    background = _max_filter(-_max_filter(-x, size), size)
+    x = (x - background).clamp(min=0)
+    # Paper grain and sensor noise: a 3x3 median removes specks, thin strokes survive.
+    x = x[None, None]
+    x = F.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1).flatten(-2).median(-1).values[0, 0]
+    # The opening sits at the noise's floor, so paper is left at the median; ink must rise above
+    # it well clear of the noise (median absolute deviation), or there is no digit to read.
+    level = x.median()
+    noise = (x - level).abs().median().item() * 1.4826
+    contrast = x.max().item() - level.item()
+    if contrast < max(0.1, 6 * noise):
+        raise DataError("no digit found: the image is blank or has too little contrast")
+    x = (((x - level) / contrast - 0.2) / 0.6).clamp(0, 1)  # paper and noise to 0, strokes to white
+    rows, cols = (x > 0.5).any(1).nonzero(), (x > 0.5).any(0).nonzero()
+    x = x[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    h, w = x.shape
+    scale = 20 / max(h, w)
+    h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    x = TF.resize(x[None], [h, w], antialias=True)[0].clamp(0, 1)
+    ys, xs = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    cy, cx = (x.sum(1) * ys).sum() / x.sum(), (x.sum(0) * xs).sum() / x.sum()
+    top, left = round(14 - cy.item()), round(14 - cx.item())  # MNIST's centre of mass is (14, 14)
+    canvas = torch.zeros(28, 28)
+    t, l, b, r = max(top, 0), max(left, 0), min(top + h, 28), min(left + w, 28)
+    canvas[t:b, l:r] = x[t - top: b - top, l - left: r - left]
+    return Image.fromarray((canvas * 255).round().to(torch.uint8).numpy(), mode="L")
+
+
+def load_digit_image(path):
+    """(28x28 'L' image, its (1, 28, 28) ToTensor tensor) for a photo or scan of one digit."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                paper = Image.new("RGBA", image.size, "white")  # transparent means paper, not black
+                image = Image.alpha_composite(paper, image.convert("RGBA"))
+            gray = image.convert("L")
+    except FileNotFoundError:
+        raise DataError("no such file") from None
+    except UnidentifiedImageError:
+        raise DataError("not an image that PIL can read (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read this image ({e})") from None
+    if min(gray.size) < 1:
+        raise DataError("the image is empty")
+    small = mnist_style(gray)
+    return small, transforms.ToTensor()(small)

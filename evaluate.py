@@ -2,10 +2,12 @@
 
     python evaluate.py                      # runs/model.pt
     python evaluate.py runs/model.pt --device cpu --no-plots
+    python evaluate.py --image my_digit.png [more.jpg ...] [--save-input [DIR]]
 
 Prints the test loss and accuracy (with train.py's own evaluate), per-class accuracy,
 precision, recall and F1, and the confusion matrix; writes confusion_matrix.png and
-mistakes.png next to the checkpoint.
+mistakes.png next to the checkpoint. With --image, it classifies your own photos or scans of
+digits instead, after turning each into an MNIST-style 28x28 image (data.load_digit_image).
 """
 import argparse
 import os
@@ -101,12 +103,36 @@ def plot_mistakes(images, probs, labels, path, shown=MISTAKES_SHOWN):
     train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
+@torch.no_grad()
+def classify_images(model, paths, device, save_dir=None):
+    """Yield (path, top-3 [(digit, probability)], saved 28x28 path or None, error or None)."""
+    model.eval()
+    for path in paths:
+        try:
+            small, x = data.load_digit_image(path)
+        except data.DataError as e:
+            yield path, None, None, str(e)
+            continue
+        saved = None
+        if save_dir is not None:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            saved = os.path.join(save_dir or os.path.dirname(path), f"{stem}.mnist.png")
+            small.save(saved)
+        probs = torch.softmax(model(x[None].to(device)), dim=1)[0].cpu()
+        top = probs.topk(3)
+        yield path, list(zip(top.indices.tolist(), top.values.tolist())), saved, None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Evaluate a train.py checkpoint on the MNIST test set.")
     p.add_argument("checkpoint", nargs="?", default=CHECKPOINT, help=f"checkpoint file (default: {CHECKPOINT})")
     p.add_argument("--data-dir", default=DATA_DIR, help=f"folder that holds MNIST/raw/ (default: {DATA_DIR})")
     p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda, cuda:N or mps (default: {DEVICE})")
     p.add_argument("--no-plots", action="store_true", help="do not write confusion_matrix.png and mistakes.png")
+    p.add_argument("--image", nargs="+", metavar="PATH", help="classify these photos or scans of digits instead")
+    p.add_argument("--save-input", nargs="?", const="", metavar="DIR",
+                   help="with --image: write the 28x28 image the model saw as NAME.mnist.png, "
+                        "into DIR or beside each input")
     return p.parse_args(argv)
 
 
@@ -122,6 +148,8 @@ def run(args):
     device = train.resolve_device(args.device)
     ckpt = train.load_checkpoint(args.checkpoint)
     model = train.model_from_checkpoint(ckpt, args.checkpoint, device)
+    if args.image:
+        return run_images(model, args.image, device, args.save_input)
     loader = data.build_test_loader(args.data_dir, device=device)
     print(f"checkpoint {args.checkpoint}: epoch {ckpt['epoch']}, device {device}")
     loss, _, confusion = train.evaluate(model, loader, device)
@@ -133,6 +161,24 @@ def run(args):
                            ("mistakes.png", lambda p: plot_mistakes(loader.dataset.images, probs, labels, p))):
             plot(os.path.join(folder, name))
             print(f"saved {os.path.join(folder, name)}")
+
+
+
+def run_images(model, paths, device, save_dir):
+    if save_dir:
+        os.makedirs(save_dir, exist_ok=True)
+    failed = 0
+    for path, top, saved, error in classify_images(model, paths, device, save_dir):
+        if error:
+            failed += 1
+            print(f"error: {path}: {error}", file=sys.stderr)
+            continue
+        (digit, p), *_ = top
+        print(f"{path}: {digit} ({100 * p:.1f}%)  top 3: " + ", ".join(f"{d} {100 * q:.1f}%" for d, q in top))
+        if saved:
+            print(f"  saved what the model saw: {saved}")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+GATE_EPOCHS = 10  # real-data run with the default hyperparameters, shared by the real-data tests
 FAKE_TRAIN, FAKE_TEST = 640, 200  # 10 training batches of 64, one test batch
 
 
@@ -62,6 +63,15 @@ def real_mnist():
     raw = os.path.join(path, "MNIST", "raw", "train-images-idx3-ubyte")
     assert os.path.isfile(raw), f"MNIST_DATA_DIR={path} has no MNIST/raw/train-images-idx3-ubyte"
     return path
+
+
+@pytest.fixture(scope="session")
+def real_run(real_mnist, tmp_path_factory):
+    """train.py with the default hyperparameters for GATE_EPOCHS epochs: (out dir, stdout)."""
+    out = tmp_path_factory.mktemp("real_run")
+    proc = run_script("train.py", "--data-dir", real_mnist, "--out", out, "--epochs", GATE_EPOCHS, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
 
 
 def run_script(script, *args, cwd=None, timeout=300):
