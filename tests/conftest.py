@@ -54,6 +54,15 @@ def fake_mnist(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained(fake_mnist, tmp_path_factory):
+    """A two-epoch run of train.py on the small data set: (out dir, its stdout)."""
+    out = tmp_path_factory.mktemp("run")
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 2, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+@pytest.fixture(scope="session")
 def real_mnist():
     path = os.environ.get("MNIST_DATA_DIR")
     if not path:

@@ -23,15 +23,6 @@ def main_error(module, *args):
     return message
 
 
-@pytest.fixture(scope="module")
-def trained(fake_mnist, tmp_path_factory):
-    """A two-epoch run of train.py on the small data set: (out dir, its stdout)."""
-    out = tmp_path_factory.mktemp("run")
-    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 2, "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    return out, proc.stdout
-
-
 def test_train_prints_one_line_per_epoch_and_saves_everything(trained):
     out, stdout = trained
     lines = [line for line in stdout.splitlines() if line.startswith("epoch")]
