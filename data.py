@@ -86,6 +86,8 @@ def load_mnist(data_dir, train, download=True):
             raise DataError(f"the MNIST files are in {folder}/, but they belong in <data dir>/MNIST/raw/: "
                             f"pass the folder above MNIST/ as --data-dir, or move them into {raw}/")
     if missing and download:
+        # The one step that can take a while: say so before torchvision's percentage appears.
+        print(f"downloading MNIST into {raw}/ (four files, about 12 MB)", flush=True)
         try:
             datasets.MNIST(data_dir, train=train, download=True)
         except (RuntimeError, OSError) as e:
