@@ -226,8 +226,8 @@ def mnist_style(gray):
     cy, cx = (x.sum(1) * ys).sum() / x.sum(), (x.sum(0) * xs).sum() / x.sum()
     top, left = round(14 - cy.item()), round(14 - cx.item())  # MNIST's centre of mass is (14, 14)
     canvas = torch.zeros(28, 28)
-    t, l, b, r = max(top, 0), max(left, 0), min(top + h, 28), min(left + w, 28)
-    canvas[t:b, l:r] = x[t - top: b - top, l - left: r - left]
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, 28), min(left + w, 28)  # clipped to the canvas
+    canvas[y0:y1, x0:x1] = x[y0 - top: y1 - top, x0 - left: x1 - left]
     return Image.fromarray((canvas * 255).round().to(torch.uint8).numpy(), mode="L")
 
 

@@ -309,5 +309,6 @@ def run(args):
         print(f"saved {curves}")
     print(f"saved {ckpt_path} (epoch {len(history)}, test accuracy {history[-1]['test_acc']:.2f}%)")
 
+
 if __name__ == "__main__":
     main()

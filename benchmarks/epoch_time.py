@@ -42,7 +42,8 @@ def time_epoch(batches, init_state, device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=train.DATA_DIR, help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
+    p.add_argument("--data-dir", default=train.DATA_DIR,
+                   help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--rounds", type=int, default=ROUNDS, help=f"interleaved rounds (default: {ROUNDS})")
     args = p.parse_args()

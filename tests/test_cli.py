@@ -63,6 +63,10 @@ def test_corrupt_idx_file_is_named(fake_mnist, tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     proc = run_script("train.py", "--data-dir", tmp_path / "d", "--out", tmp_path / "out", "--epochs", 1)
     assert_one_line_error(proc, "t10k-images-idx3-ubyte", "truncated or corrupt", "delete it")
+    labels = tmp_path / "d" / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\x08\x03" + labels.read_bytes()[4:])  # an image file's magic number
+    assert "wrong magic number" in main_error(train, "--data-dir", tmp_path / "d", "--out", tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
 
 
 @pytest.mark.parametrize("flags, message", [

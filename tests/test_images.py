@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 import data
 import train
-from conftest import assert_one_line_error, run_script
+from conftest import run_script
 
 
 def photo(digit, g):
@@ -18,7 +18,8 @@ def photo(digit, g):
     h, w = round(size * 1.7), size * 2
     page = torch.zeros(h, w)
     top, left = (int(torch.randint(0, n - size, (1,), generator=g)) for n in (h, w))
-    page[top:top + size, left:left + size] = torch.frombuffer(bytearray(ink.tobytes()), dtype=torch.uint8).view(size, size) / 255
+    ink = torch.frombuffer(bytearray(ink.tobytes()), dtype=torch.uint8).view(size, size)
+    page[top:top + size, left:left + size] = ink / 255
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     paper = 0.95 - 0.35 * (0.6 * xx + 0.4 * yy)  # the light falls off across the page
     image = paper * (1 - 0.8 * page) + 0.04 * torch.randn(h, w, generator=g)
@@ -132,7 +133,8 @@ def test_model_reads_photos_about_as_well_as_the_originals(real_run, real_mnist)
 def test_model_reads_digits_drawn_with_pil(real_run):
     model = trained_model(real_run)
     with torch.no_grad():
-        predicted = {d: model(data.load_digit_image(encoded(drawn(d), "PNG"))[1]).argmax().item() for d in (0, 1, 3, 4, 7)}
+        predicted = {d: model(data.load_digit_image(encoded(drawn(d), "PNG"))[1]).argmax().item()
+                     for d in (0, 1, 3, 4, 7)}
     # Measured with the 10-epoch model: 5 of 5 right, 0 and 4 with the least confidence (0.36, 0.31).
     assert sum(d == p for d, p in predicted.items()) >= 4, predicted
 
@@ -147,8 +149,9 @@ def test_evaluate_image_command_line(real_run, tmp_path):
     assert proc.returncode == 1  # one file or more failed; the others were still classified
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"{paths[0]}: 7 (") and "%)  top 3: 7 " in lines[0] and lines[0].count("%") == 4
-    assert proc.stderr.splitlines() == [f"error: {paths[1]}: no digit found: the image is blank or has too little contrast",
-                                        f"error: {paths[2]}: not an image that PIL can read (PNG, JPEG, ...)"]
+    assert proc.stderr.splitlines() == [
+        f"error: {paths[1]}: no digit found: the image is blank or has too little contrast",
+        f"error: {paths[2]}: not an image that PIL can read (PNG, JPEG, ...)"]
     with Image.open(tmp_path / "seen" / "my_seven.mnist.png") as seen:
         assert seen.size == (28, 28) and seen.mode == "L"
     ok = run_script("evaluate.py", out / "model.pt", "--image", paths[0], "--save-input")

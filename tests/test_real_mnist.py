@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 import data
@@ -27,6 +26,7 @@ def test_default_training_reaches_the_measured_accuracy(real_run):
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["config"]["lr"] == train.LEARNING_RATE and ckpt["config"]["batch_size"] == train.BATCH_SIZE
     accuracies = [h["test_acc"] for h in ckpt["history"]]
+    assert len(accuracies) == GATE_EPOCHS
     assert accuracies[-1] >= GATE_ACCURACY, accuracies
     assert accuracies == sorted(accuracies)  # plain SGD at lr 0.01 improves every early epoch
     assert f"test loss {ckpt['history'][-1]['test_loss']:.4f} acc {accuracies[-1]:.2f}%" in stdout
