@@ -239,8 +239,8 @@ def main(argv=None):
         run(args)
     except (ConfigError, CheckpointError, data.DataError) as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print("\ninterrupted before the first epoch: nothing was saved", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the epochs (those report what is saved themselves)
+        print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
 
 
@@ -299,9 +299,14 @@ def run(args):
                              lambda f: f.write(json.dumps(history, indent=1).encode() + b"\n"))
             print(epoch_line(history[-1], args.epochs), flush=True)
     except KeyboardInterrupt:
-        where = (f"epoch {len(history)}/{args.epochs} is saved in {ckpt_path}; continue with: "
-                 f"python train.py --resume {ckpt_path}") if history else "no epoch had finished, nothing was saved"
-        print(f"\ninterrupted: {where}", file=sys.stderr)
+        if not history:
+            print("\ninterrupted: no epoch had finished, nothing was saved", file=sys.stderr)
+            sys.exit(130)
+        again = f"python train.py --resume {ckpt_path}"
+        again += f" --epochs {args.epochs}" if args.epochs != EPOCHS else ""
+        again += f" --data-dir {args.data_dir}" if args.data_dir != DATA_DIR else ""
+        print(f"\ninterrupted: epoch {len(history)}/{args.epochs} is saved in {ckpt_path}; continue with: {again}",
+              file=sys.stderr)
         sys.exit(130)
     if not args.no_plots:
         curves = os.path.join(out, "training_curves.png")

@@ -172,7 +172,9 @@ def test_ctrl_c_stops_cleanly_at_a_saved_epoch(fake_mnist, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("interrupted: epoch ") and f"--resume {out / 'model.pt'}" in line
+    assert line.startswith("interrupted: epoch ")
+    again = f"python train.py --resume {out / 'model.pt'} --epochs 100000 --data-dir {fake_mnist}"
+    assert line.endswith(f"continue with: {again}")
     saved_epoch = int(line.split("interrupted: epoch ")[1].split("/")[0])
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["epoch"] == saved_epoch >= 2 and len(ckpt["history"]) == saved_epoch
