@@ -117,7 +117,11 @@ def classify_images(model, paths, device, save_dir=None):
         if save_dir is not None:
             stem = os.path.splitext(os.path.basename(path))[0]
             saved = os.path.join(save_dir or os.path.dirname(path), f"{stem}.mnist.png")
-            small.save(saved)
+            try:
+                small.save(saved)
+            except OSError as e:
+                yield path, None, None, f"cannot write {saved} ({e.strerror or e})"
+                continue
         probs = torch.softmax(model(x[None].to(device)), dim=1)[0].cpu()
         top = probs.topk(3)
         yield path, list(zip(top.indices.tolist(), top.values.tolist())), saved, None
@@ -145,6 +149,8 @@ def main(argv=None):
 
 
 def run(args):
+    if args.save_input is not None and not args.image:
+        raise train.ConfigError("--save-input goes with --image PATH ...")
     device = train.resolve_device(args.device)
     ckpt = train.load_checkpoint(args.checkpoint)
     model = train.model_from_checkpoint(ckpt, args.checkpoint, device)
@@ -166,7 +172,10 @@ def run(args):
 
 def run_images(model, paths, device, save_dir):
     if save_dir:
-        os.makedirs(save_dir, exist_ok=True)
+        try:
+            os.makedirs(save_dir, exist_ok=True)
+        except OSError as e:
+            raise train.ConfigError(f"--save-input {save_dir}: cannot make that folder ({e.strerror or e})") from None
     failed = 0
     for path, top, saved, error in classify_images(model, paths, device, save_dir):
         if error:

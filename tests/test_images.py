@@ -156,3 +156,6 @@ def test_evaluate_image_command_line(real_run, tmp_path):
         assert seen.size == (28, 28) and seen.mode == "L"
     ok = run_script("evaluate.py", out / "model.pt", "--image", paths[0], "--save-input")
     assert ok.returncode == 0 and (tmp_path / "my_seven.mnist.png").exists()
+    (tmp_path / "taken").write_text("a file where the folder would go")
+    proc = run_script("evaluate.py", out / "model.pt", "--image", paths[0], "--save-input", tmp_path / "taken")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
