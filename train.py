@@ -273,7 +273,12 @@ def run(args):
             group["lr"] = args.lr  # the command line wins over the saved learning rate
         history = list(ckpt["history"])
         print(f"resuming {ckpt_path} after epoch {ckpt['epoch']}/{args.epochs}")
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make the output folder {out} ({e.strerror or e}); pass --out DIR") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"cannot write into {out}; pass --out DIR")
     print(f"device {device}, loader {args.loader}, {len(train_loader.dataset):,} train / "
           f"{len(test_loader.dataset):,} test images")
 

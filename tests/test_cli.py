@@ -86,6 +86,11 @@ def test_bad_hyperparameters_touch_nothing(trained, fake_mnist, flags, message):
     assert (out / "model.pt").read_bytes() == before
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused(fake_mnist, tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    assert "cannot make the output folder" in main_error(train, "--data-dir", fake_mnist, "--out", tmp_path / "file")
+
+
 def test_bad_hyperparameter_from_the_command_line(trained, fake_mnist):
     out, _ = trained
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--lr", "nan")
