@@ -95,3 +95,29 @@ def test_images_and_labels_from_different_sets_are_refused(fake_mnist, tmp_path)
     shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
     with pytest.raises(data.DataError, match="640 images but 200 labels"):
         data.check_files(str(root))
+
+
+def test_fast_loader_keeps_the_data_on_the_training_device(fake_mnist):
+    """With CUDA the data set lives on the GPU and batches need no host-to-device copy. Without a
+    GPU, the meta device stands in: count the operations whose inputs sit on another device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CrossDeviceOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [a for a in args if isinstance(a, torch.Tensor)]
+            if isinstance(out, torch.Tensor) and any(a.device != out.device for a in inputs):
+                self.count += 1
+            return out
+
+    device = torch.device("meta")
+    train, test = data.build_loaders(fake_mnist, 64, seed=0, loader="fast", device=device)
+    assert train.dataset.images.device == device and test.dataset.targets.device == device
+    with CrossDeviceOps() as ops:
+        batches = [(x.to(device), y.to(device)) for x, y in train]  # as train_one_epoch does
+    assert len(batches) == 10 and all(x.device == device and y.device == device for x, y in batches)
+    assert ops.count == 1  # the epoch's shuffled order, once; nothing per batch
