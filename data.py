@@ -12,6 +12,7 @@ The first run downloads the four MNIST files into <data dir>/MNIST/raw/.
 
 load_digit_image(path) turns a photo or scan of one digit into a 28x28 MNIST-style image.
 """
+import math
 import os
 import struct
 
@@ -45,9 +46,7 @@ def raw_folder(data_dir):
 
 def check_idx_file(path, magic, item_shape):
     """Raise DataError unless path is a whole IDX file of uint8 items of item_shape."""
-    item_bytes = 1
-    for d in item_shape:
-        item_bytes *= d
+    item_bytes = math.prod(item_shape)
     header_len = 4 + 4 * (1 + len(item_shape))
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -100,7 +99,11 @@ def load_mnist(data_dir, train, download=True):
     elif missing:
         raise DataError(f"{', '.join(missing)} missing from {raw}/: pass --data-dir to the folder that has MNIST/raw/")
     check_files(data_dir)
-    return datasets.MNIST(data_dir, train=train, transform=transforms.ToTensor())
+    dataset = datasets.MNIST(data_dir, train=train, transform=transforms.ToTensor())
+    if dataset.targets.max() > 9:  # right size, wrong content: cross-entropy would fail much later
+        name = f"{'train' if train else 't10k'}-labels-idx1-ubyte"
+        raise DataError(f"{os.path.join(raw, name)} holds labels above 9: replace it with the original file")
+    return dataset
 
 
 class FastMNIST(Dataset):

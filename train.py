@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -151,9 +152,12 @@ def load_checkpoint(path, device="cpu"):
         with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused, it holds code or objects that are not plain tensors "
-                              "and values, and loading it could run that code") from None
+    except pickle.UnpicklingError as e:
+        # The safe loader refuses anything beyond tensors and plain values, naming what it met.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it would call {found.group(1)}" if found else "it holds more than plain tensors and values"
+        raise CheckpointError(f"{path}: refused, {what}, and loading it could run that code; "
+                              "use a checkpoint that train.py wrote") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint, empty, truncated or of another "
                               f"format ({type(e).__name__}); train a new one or use another file") from None

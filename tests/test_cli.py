@@ -141,7 +141,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(fake_mnist, tmp_path):
     torch.save(payload, tmp_path / "evil.pt")
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload))  # the legacy, plain-pickle format
     proc = run_script("evaluate.py", tmp_path / "evil.pt", "--data-dir", fake_mnist)
-    assert_one_line_error(proc, "refused", "could run that code")
+    assert_one_line_error(proc, f"refused, it would call {os.system.__module__}.system", "could run that code")
     for path in (tmp_path / "evil.pt", tmp_path / "evil.pkl"):
         assert "could run that code" in main_error(evaluate, path, "--data-dir", fake_mnist)
         assert "could run that code" in main_error(train, "--resume", path, "--data-dir", fake_mnist, "--epochs", 3)

@@ -88,6 +88,15 @@ def test_damaged_idx_files_are_refused_by_name(fake_mnist, tmp_path, damage, mes
     assert "train-images-idx3-ubyte" in str(e.value)
 
 
+def test_labels_outside_0_to_9_are_refused(fake_mnist, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(fake_mnist, root)
+    path = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x0c")  # the last label becomes 12
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte holds labels above 9"):
+        data.load_mnist(str(root), train=False)
+
+
 def test_images_and_labels_from_different_sets_are_refused(fake_mnist, tmp_path):
     root = tmp_path / "d"
     shutil.copytree(fake_mnist, root)
