@@ -9,7 +9,6 @@ precision, recall and F1, and the confusion matrix; writes confusion_matrix.png 
 mistakes.png next to the checkpoint. With --image, it classifies your own photos or scans of
 digits instead, after turning each into an MNIST-style 28x28 image (data.load_digit_image).
 """
-import argparse
 import os
 import sys
 
@@ -128,7 +127,7 @@ def classify_images(model, paths, device, save_dir=None):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Evaluate a train.py checkpoint on the MNIST test set.")
+    p = train.ArgumentParser(description="Evaluate a train.py checkpoint on the MNIST test set.")
     p.add_argument("checkpoint", nargs="?", default=CHECKPOINT, help=f"checkpoint file (default: {CHECKPOINT})")
     p.add_argument("--data-dir", default=DATA_DIR, help=f"folder that holds MNIST/raw/ (default: {DATA_DIR})")
     p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda, cuda:N or mps (default: {DEVICE})")

@@ -35,6 +35,11 @@ DEVICE = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
 LOADER = "fast"  # fast (one tensor, indexed per batch) or classic (torchvision, per sample)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line that says what to do, not the whole usage block
+        self.exit(2, f"error: {message}; see python {self.prog} --help\n")
+
+
 class ConfigError(Exception):
     """A hyperparameter or device that cannot be used."""
 
@@ -221,7 +226,7 @@ def epoch_line(h, epochs):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Train the 784-64-10 MNIST classifier with SGD.")
+    p = ArgumentParser(description="Train the 784-64-10 MNIST classifier with SGD.")
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"train up to this epoch (default: {EPOCHS})")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"training batch size (default: {BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"SGD learning rate (default: {LEARNING_RATE})")

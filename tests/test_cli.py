@@ -95,6 +95,10 @@ def test_bad_hyperparameter_from_the_command_line(trained, fake_mnist):
     out, _ = trained
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--lr", "nan")
     assert_one_line_error(proc, "learning rate must be a positive finite number (got nan)")
+    proc = run_script("train.py", "--epochs", "ten", "--loader", "fast")
+    assert_one_line_error(proc, "argument --epochs: invalid int value: 'ten'", "see python train.py --help")
+    proc = run_script("evaluate.py", "--no-such-flag")
+    assert_one_line_error(proc, "unrecognized arguments: --no-such-flag", "see python evaluate.py --help")
 
 
 def bad_checkpoints(tmp_path, good):
