@@ -199,22 +199,28 @@ def mnist_style(gray):
     ratio (anti-aliased), then pasted into 28x28 with its centre of mass at the centre.
     Raises DataError when no ink stands out from the background.
     """
+    gray = gray.copy()
     gray.thumbnail((256, 256), Image.Resampling.LANCZOS)  # plenty for a 20x20 result, and quick
     x = TF.pil_to_tensor(gray)[0].float() / 255
-    if x.median() > 0.5:  # most pixels are paper: dark ink on light paper, so invert
+    # Sensor noise, from neighbouring pixels: mostly paper, so their differences are mostly noise.
+    noise = (x[:, 1:] - x[:, :-1]).abs().median().item() / (0.6745 * 2 ** 0.5)
+    # Paper grain and sensor noise: a 3x3 median removes specks, strokes survive.
+    x = F.pad(x[None, None], (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1)
+    x = x.flatten(-2).median(-1).values[0, 0]
+    # The page's edge is paper. Paper nearer the brightest than the darkest pixel means dark ink
+    # on light paper (dim light included), which MNIST has the other way round: invert.
+    k = max(1, min(x.shape) // 20)
+    edge = torch.cat([x[:k].flatten(), x[-k:].flatten(), x[:, :k].flatten(), x[:, -k:].flatten()])
+    if edge.median() > (x.min() + x.max()) / 2:
         x = 1 - x
     # Uneven lighting: the background is what survives a grey-level opening with a square
     # wider than any stroke; subtracting it (a white top-hat) leaves the strokes on black.
     size = max(x.shape) // 5 | 1
     background = _max_filter(-_max_filter(-x, size), size)
     x = (x - background).clamp(min=0)
-    # Paper grain and sensor noise: a 3x3 median removes specks, thin strokes survive.
-    x = x[None, None]
-    x = F.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1).flatten(-2).median(-1).values[0, 0]
     # The opening sits at the noise's floor, so paper is left at the median; ink must rise above
-    # it well clear of the noise (median absolute deviation), or there is no digit to read.
+    # it well clear of the noise, or there is no digit to read.
     level = x.median()
-    noise = (x - level).abs().median().item() * 1.4826
     contrast = x.max().item() - level.item()
     if contrast < max(0.1, 6 * noise):
         raise DataError("no digit found: the image is blank or has too little contrast")

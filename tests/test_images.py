@@ -75,6 +75,9 @@ def test_output_is_mnist_shaped_whatever_the_polarity():
     side, cy, cx = ink_box_and_centre(x[0])
     assert side == 20 and abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5  # as MNIST: 20x20 box, centre of mass
     assert x.max() >= 0.9 and x[0, 0, 0] == 0.0  # white ink on black
+    dim = Image.eval(bar, lambda v: v * 100 // 255)  # grey paper in poor light: still dark on light
+    _, x_dim = data.load_digit_image(encoded(dim, "PNG"))
+    assert torch.cosine_similarity(x.flatten(), x_dim.flatten(), dim=0) > 0.95
 
 
 def test_transparent_background_counts_as_paper():
@@ -110,7 +113,7 @@ def test_photos_come_back_close_to_the_original_digits(real_mnist):
             _, x = data.load_digit_image(encoded(photo(test_set.data[i], g), fmt))
             original = test_set.data[i].float() / 255
             similarity.append(torch.cosine_similarity(x.flatten(), original.flatten(), dim=0))
-        # Measured: mean cosine similarity 0.956 over 300 PNG photos (0.88 at the 10th percentile).
+        # Measured: mean cosine similarity 0.953 over 300 PNG photos (0.87 at the 10th percentile).
         assert torch.stack(similarity).mean() >= 0.93, fmt
 
 
