@@ -63,17 +63,16 @@ def check_idx_file(path, magic, item_shape):
     return count
 
 
-def check_files(data_dir):
-    """Validate the four raw files (headers and sizes only, so it is cheap)."""
-    raw = raw_folder(data_dir)
-    counts = {name: check_idx_file(os.path.join(raw, name), *spec) for name, spec in FILES.items()}
-    for split in ("train", "t10k"):
-        n_img, n_lab = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
-        if n_img != n_lab:
-            raise DataError(
-                f"{raw}: {split} has {n_img:,} images but {n_lab:,} labels: "
-                "the files come from different sets; replace them with the original files"
-            )
+def check_files(data_dir, train):
+    """Validate one split's two raw files (headers and sizes only, so it is cheap)."""
+    raw, split = raw_folder(data_dir), "train" if train else "t10k"
+    n_img = check_idx_file(os.path.join(raw, f"{split}-images-idx3-ubyte"), *FILES[f"{split}-images-idx3-ubyte"])
+    n_lab = check_idx_file(os.path.join(raw, f"{split}-labels-idx1-ubyte"), *FILES[f"{split}-labels-idx1-ubyte"])
+    if n_img != n_lab:
+        raise DataError(
+            f"{raw}: {split} has {n_img:,} images but {n_lab:,} labels: "
+            "the files come from different sets; replace them with the original files"
+        )
 
 
 def load_mnist(data_dir, train, download=True):
@@ -87,9 +86,16 @@ def load_mnist(data_dir, train, download=True):
     if missing and download:
         # The one step that can take a while: say so before torchvision's percentage appears.
         print(f"downloading MNIST into {raw}/ (four files, about 12 MB)", flush=True)
+        made, folder = [], raw  # the folders the download will create, innermost first
+        while folder and not os.path.isdir(folder):
+            made.append(folder)
+            folder = os.path.dirname(folder)
         try:
             datasets.MNIST(data_dir, train=train, download=True)
         except (RuntimeError, OSError) as e:
+            for folder in made:  # a mistyped --data-dir leaves no empty folders behind
+                if os.path.isdir(folder) and not os.listdir(folder):
+                    os.rmdir(folder)
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise DataError(
                 f"MNIST is not in {raw}/ and the download failed ({reason}). "
@@ -98,7 +104,7 @@ def load_mnist(data_dir, train, download=True):
             ) from None
     elif missing:
         raise DataError(f"{', '.join(missing)} missing from {raw}/: pass --data-dir to the folder that has MNIST/raw/")
-    check_files(data_dir)
+    check_files(data_dir, train)
     dataset = datasets.MNIST(data_dir, train=train, transform=transforms.ToTensor())
     if dataset.targets.max() > 9:  # right size, wrong content: cross-entropy would fail much later
         name = f"{'train' if train else 't10k'}-labels-idx1-ubyte"

@@ -62,9 +62,7 @@ def format_report(loss, confusion):
 
 
 def plot_confusion(confusion, path):
-    from matplotlib.figure import Figure  # no pyplot: never a window, works headless
-
-    fig = Figure(figsize=(6.5, 5.5), layout="constrained")
+    fig = train.new_figure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     im = ax.imshow(confusion.numpy(), cmap="Blues")
     fig.colorbar(im, ax=ax, label="images")
@@ -79,19 +77,17 @@ def plot_confusion(confusion, path):
     ax.set_ylabel("true digit")
     acc = 100.0 * confusion.trace().item() / confusion.sum().item()
     ax.set_title(f"MNIST test confusion matrix, accuracy {acc:.2f}%")
-    train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    train.save_png(fig, path)
 
 
 def plot_mistakes(images, probs, labels, path, shown=MISTAKES_SHOWN):
     """The most confident misclassified images, each titled true -> predicted (confidence)."""
-    from matplotlib.figure import Figure
-
     conf, pred = probs.max(dim=1)
     wrong = (pred != labels).nonzero().flatten()
     wrong = wrong[conf[wrong].argsort(descending=True)][:shown]
     cols = 6
     rows = max(1, (len(wrong) + cols - 1) // cols)
-    fig = Figure(figsize=(cols * 1.4, rows * 1.55 + 0.5), layout="constrained")
+    fig = train.new_figure(figsize=(cols * 1.4, rows * 1.55 + 0.5))
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax in axes:
         ax.axis("off")
@@ -99,7 +95,7 @@ def plot_mistakes(images, probs, labels, path, shown=MISTAKES_SHOWN):
         ax.imshow(images[i].reshape(28, 28).cpu().numpy(), cmap="gray_r", vmin=0, vmax=255)
         ax.set_title(f"true {labels[i]} → {pred[i]}\n{100 * conf[i]:.0f}% sure", fontsize=8)
     fig.suptitle(f"{len(wrong)} most confident of {(pred != labels).sum()} mistakes on the test set")
-    train.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    train.save_png(fig, path)
 
 
 @torch.no_grad()

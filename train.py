@@ -199,12 +199,20 @@ def with_progress(batches, label, stream=sys.stderr, after=2.0):
         stream.flush()
 
 
-def plot_history(history, config, path):
-    """Loss and accuracy per epoch, train and test, saved as a PNG."""
+def new_figure(**kwargs):
     from matplotlib.figure import Figure  # no pyplot: never a window, works headless
 
+    return Figure(layout="constrained", **kwargs)
+
+
+def save_png(fig, path):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def plot_history(history, config, path):
+    """Loss and accuracy per epoch, train and test, saved as a PNG."""
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = new_figure(figsize=(10, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, key, label in ((loss_ax, "loss", "cross-entropy loss"), (acc_ax, "acc", "accuracy (%)")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
@@ -216,7 +224,7 @@ def plot_history(history, config, path):
         ax.legend()
     fig.suptitle(f"784-64-10 sigmoid MLP, SGD lr {config['lr']}, batch {config['batch_size']}, "
                  f"seed {config['seed']}, {len(history)} epochs")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    save_png(fig, path)
 
 
 def epoch_line(h, epochs):

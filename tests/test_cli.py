@@ -53,6 +53,7 @@ def test_missing_data_without_network_names_the_files_and_the_option(tmp_path):
     line = assert_one_line_error(proc, "download failed", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
                                  "MNIST/raw/", "--data-dir")
     assert str(tmp_path / "nowhere") in line
+    assert not os.path.exists(tmp_path / "nowhere")  # no empty folders left behind
     assert proc.stdout.startswith(f"downloading MNIST into {tmp_path / 'nowhere' / 'MNIST' / 'raw'}/")
     assert not os.path.exists(tmp_path / "out")
 

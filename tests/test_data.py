@@ -103,7 +103,7 @@ def test_images_and_labels_from_different_sets_are_refused(fake_mnist, tmp_path)
     raw = root / "MNIST" / "raw"
     shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
     with pytest.raises(data.DataError, match="640 images but 200 labels"):
-        data.check_files(str(root))
+        data.check_files(str(root), train=True)
 
 
 def test_fast_loader_keeps_the_data_on_the_training_device(fake_mnist):
