@@ -15,6 +15,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# The tests that matter on a GPU run on each device present: a plain pytest on a CUDA machine covers it.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GATE_EPOCHS = 10  # real-data run with the default hyperparameters, shared by the real-data tests
 FAKE_TRAIN, FAKE_TEST = 640, 200  # 10 training batches of 64, one test batch
 
@@ -55,7 +57,7 @@ def fake_mnist(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(fake_mnist, tmp_path_factory):
-    """A two-epoch run of train.py on the small data set: (out dir, its stdout)."""
+    """A two-epoch run of train.py on the small data set, into --out: (out dir, its stdout)."""
     out = tmp_path_factory.mktemp("run")
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 2, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
@@ -91,6 +93,17 @@ def run_script(script, *args, cwd=None, timeout=300):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def main_error(module, *args):
+    """Run module.main(args) in this process as cli.run does; return the one line it exits with."""
+    import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(lambda: module.main([str(a) for a in args]))
+    message = e.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
 def assert_one_line_error(proc, *fragments):
     """Non-zero exit, one line on stderr that starts with 'error:' and names each fragment."""
     assert proc.returncode != 0, proc.stdout + proc.stderr
@@ -100,3 +113,30 @@ def assert_one_line_error(proc, *fragments):
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+@pytest.fixture()
+def disk(tmp_path):
+    """disk(kb) -> a folder on a fresh tmpfs of that size; disk(kb, files) fills it and makes it
+    read-only. Root only (as CI and these machines run); elsewhere the test skips, under CI it fails."""
+    mounted = []
+
+    def make(kb, files=None):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must run the full-disk tests, and mount failed: {proc.stderr}")
+            pytest.skip(f"cannot mount a small tmpfs here (root needed): {proc.stderr.strip()}")
+        mounted.append(folder)
+        for name, content in (files or {}).items():
+            (folder / name).write_bytes(content)
+        if files is not None:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)

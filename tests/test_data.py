@@ -1,12 +1,9 @@
-"""The loaders on small IDX files through torchvision's real MNIST reader."""
-import os
-import shutil
-
+"""data.py: the two loaders on small IDX files, read through torchvision's real MNIST reader."""
 import pytest
 import torch
 
 import data
-from conftest import FAKE_TEST, FAKE_TRAIN, fake_digits
+from conftest import DEVICES, FAKE_TEST, FAKE_TRAIN, fake_digits
 
 
 def epoch_batches(loader):
@@ -62,48 +59,12 @@ def test_evaluating_and_global_rng_do_not_change_training_order(fake_mnist, load
         assert_same_batches(a, b)
 
 
-def test_missing_files_without_download_name_the_folder(tmp_path):
-    with pytest.raises(data.DataError, match="MNIST/raw"):
-        data.load_mnist(str(tmp_path), train=True, download=False)
-
-
-def test_files_in_the_wrong_folder_are_pointed_out(fake_mnist, tmp_path):
-    raw = os.path.join(fake_mnist, "MNIST", "raw")
-    with pytest.raises(data.DataError, match="belong in <data dir>/MNIST/raw/"):
-        data.load_mnist(raw, train=True)
-
-
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: b[:-100], "truncated or corrupt"),
-    (lambda b: b"\x00\x00\x08\x01" + b[4:], "wrong magic number"),
-    (lambda b: b"", "wrong magic number"),
-])
-def test_damaged_idx_files_are_refused_by_name(fake_mnist, tmp_path, damage, message):
-    root = tmp_path / "d"
-    shutil.copytree(fake_mnist, root)
-    path = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(data.DataError, match=message) as e:
-        data.load_mnist(str(root), train=True)
-    assert "train-images-idx3-ubyte" in str(e.value)
-
-
-def test_labels_outside_0_to_9_are_refused(fake_mnist, tmp_path):
-    root = tmp_path / "d"
-    shutil.copytree(fake_mnist, root)
-    path = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
-    path.write_bytes(path.read_bytes()[:-1] + b"\x0c")  # the last label becomes 12
-    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte holds labels above 9"):
-        data.load_mnist(str(root), train=False)
-
-
-def test_images_and_labels_from_different_sets_are_refused(fake_mnist, tmp_path):
-    root = tmp_path / "d"
-    shutil.copytree(fake_mnist, root)
-    raw = root / "MNIST" / "raw"
-    shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
-    with pytest.raises(data.DataError, match="640 images but 200 labels"):
-        data.check_files(str(root), train=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_and_classic_batches_are_bit_identical_on_each_device(fake_mnist, device):
+    fast, _ = data.build_loaders(fake_mnist, 64, seed=3, loader="fast", device=device)
+    classic, _ = data.build_loaders(fake_mnist, 64, seed=3, loader="classic", device=device)
+    for (xf, yf), (xc, yc) in zip(fast, classic):
+        assert xf.device.type == device and torch.equal(xf, xc.to(device)) and torch.equal(yf, yc.to(device))
 
 
 def test_fast_loader_keeps_the_data_on_the_training_device(fake_mnist):

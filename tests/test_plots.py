@@ -1,76 +1,68 @@
-"""The pictures: valid PNGs of a sensible size, and printed numbers that agree with the matrix."""
-import struct
+"""plots.py: what each figure draws (read off the matplotlib figure before it becomes a PNG), which
+mistakes are picked, and that each is a real PNG."""
+import io
 
 import pytest
 import torch
+from PIL import Image
 
-import evaluate
-from conftest import run_script
-
-
-def png_size(path):
-    """(width, height) of a PNG file, checking its signature and header chunk."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
-    return struct.unpack(">II", head[16:24])
+import plots
 
 
-@pytest.fixture(scope="module")
-def evaluated(trained, fake_mnist):
-    out, _ = trained
-    proc = run_script("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    return out, proc.stdout
+@pytest.fixture()
+def figures(monkeypatch):
+    """Make the plot functions return their Figure instead of PNG bytes."""
+    monkeypatch.setattr(plots, "png", lambda fig: fig)
 
 
-def test_training_curves_png(trained):
-    out, stdout = trained
-    width, height = png_size(out / "training_curves.png")
-    assert 600 <= width <= 2000 and 250 <= height <= 1200
-    assert f"saved {out / 'training_curves.png'}" in stdout
+def history(lrs, batch=64):
+    return [{"epoch": i, "train_loss": 1 / i, "test_loss": 1.1 / i, "train_acc": 50 + i, "test_acc": 49 + i,
+             "seconds": 0.3, "lr": lr, "batch_size": batch} for i, lr in enumerate(lrs, 1)]
 
 
-def test_evaluate_writes_confusion_matrix_and_mistakes(evaluated):
-    out, stdout = evaluated
-    for name in ("confusion_matrix.png", "mistakes.png"):
-        width, height = png_size(out / name)
-        assert 300 <= width <= 2000 and 200 <= height <= 2000, name
-        assert f"saved {out / name}" in stdout.splitlines()
+def test_schedule_names_each_change_with_its_first_epoch():
+    assert plots.schedule(history([0.1] * 3), "lr") == "0.1"
+    assert plots.schedule(history([0.1, 0.1, 0.05, 0.05, 0.2]), "lr") == "0.1, 0.05 from epoch 3, 0.2 from epoch 5"
 
 
-def test_no_plots_writes_no_pictures(trained, fake_mnist, tmp_path):
-    out, _ = trained
-    (tmp_path / "model.pt").write_bytes((out / "model.pt").read_bytes())
-    proc = run_script("evaluate.py", tmp_path / "model.pt", "--data-dir", fake_mnist, "--no-plots")
-    assert proc.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
-    assert "saved" not in proc.stdout
+def test_training_curves_title_and_lines(figures):
+    fig = plots.training_curves(history([0.1, 0.1, 0.05]), "784-128-10 relu", seed=4)
+    assert fig._suptitle.get_text() == ("784-128-10 relu MLP, SGD lr 0.1, 0.05 from epoch 3, batch 64, "
+                                        "seed 4, 3 epochs")
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in acc_ax.lines] == ["train", "test"]
+    assert list(acc_ax.lines[1].get_ydata()) == [50, 51, 52] and list(loss_ax.lines[0].get_xdata()) == [1, 2, 3]
 
 
-def test_printed_numbers_agree_with_the_confusion_matrix(evaluated):
-    _, stdout = evaluated
-    lines = stdout.splitlines()
-    start = lines.index("confusion matrix (rows: true digit, columns: predicted digit)")
-    matrix = torch.tensor([[int(v) for v in line.split()[1:]] for line in lines[start + 2: start + 12]])
-    assert matrix.shape == (10, 10)
-    correct, total = matrix.trace().item(), matrix.sum().item()
-    assert f"test accuracy: {100 * correct / total:.2f}% ({correct}/{total})" in lines
-    table = lines[lines.index("digit  images  correct  accuracy  precision  recall      F1") + 1:][:10]
-    for d, row in enumerate(table):
-        digit, images, right, acc, precision, recall, f1 = row.replace("%", "").split()
-        assert int(digit) == d and int(images) == matrix[d].sum() and int(right) == matrix[d, d]
-        expected_recall = 100 * matrix[d, d] / matrix[d].sum() if matrix[d].sum() else 0.0
-        expected_precision = 100 * matrix[d, d] / matrix[:, d].sum() if matrix[:, d].sum() else 0.0
-        assert float(acc) == float(recall) == pytest.approx(float(expected_recall), abs=0.005)
-        assert float(precision) == pytest.approx(float(expected_precision), abs=0.005)
-        p, r = float(precision), float(recall)
-        assert float(f1) == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, abs=0.01)
+def test_pick_mistakes_takes_the_most_confident_wrong_answers():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7], [0.95, 0.05]])
+    labels = torch.tensor([0, 0, 0, 1, 1])  # wrong: 1 (0.8 sure), 2 (0.6), 4 (0.95)
+    assert plots.pick_mistakes(probs, labels).tolist() == [4, 1, 2]
+    assert plots.pick_mistakes(probs, labels, shown=2).tolist() == [4, 1]
+    assert plots.pick_mistakes(probs, torch.tensor([0, 1, 1, 1, 0])).tolist() == []
 
 
-def test_class_metrics_on_a_known_matrix():
-    confusion = torch.zeros(10, 10, dtype=torch.int64)
-    confusion[0, 0], confusion[0, 1], confusion[1, 1], confusion[2, 0] = 8, 2, 5, 5
-    rows = evaluate.class_metrics(confusion)
-    assert rows[0] == (10, 8, 80.0, pytest.approx(100 * 8 / 13), pytest.approx(2 * 80 * (800 / 13) / (80 + 800 / 13)))
-    assert rows[1][2:4] == (100.0, pytest.approx(100 * 5 / 7))
-    assert rows[2] == (5, 0, 0.0, 0.0, 0.0) and rows[3] == (0, 0, 0.0, 0.0, 0.0)
+def test_mistakes_picture_shows_the_picked_images(figures):
+    images = torch.rand(5, 1, 28, 28)
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7], [0.95, 0.05]])
+    fig = plots.mistakes(images, probs, torch.tensor([0, 0, 0, 1, 1]))
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["true 1 → 0\n95% sure", "true 0 → 1\n80% sure", "true 0 → 1\n60% sure"]
+    assert torch.equal(torch.tensor(shown[0].images[0].get_array().data), images[4, 0])
+    assert fig._suptitle.get_text() == "3 most confident of 3 mistakes on the test set"
+
+
+def test_compare_draws_one_line_per_run(figures):
+    fig = plots.compare([("lr 0.01", history([0.01] * 3)), ("lr 0.1", history([0.1] * 5))])
+    acc_ax, loss_ax = fig.axes
+    assert [line.get_label() for line in acc_ax.lines] == ["lr 0.01", "lr 0.1"]
+    assert len(loss_ax.lines[1].get_xdata()) == 5
+
+
+def test_every_figure_is_a_png():
+    confusion = torch.arange(100).view(10, 10)
+    for data in (plots.training_curves(history([0.1] * 2), "784-64-10 sigmoid", 0), plots.confusion_matrix(confusion),
+                 plots.mistakes(torch.rand(2, 1, 28, 28), torch.tensor([[0.9, 0.1], [0.1, 0.9]]), torch.tensor([1, 1])),
+                 plots.compare([("a", history([0.1]))])):
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and image.width >= 300 and image.height >= 200

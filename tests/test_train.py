@@ -1,18 +1,25 @@
-"""train.py's functions and main() in-process: determinism, resume, checkpoints, constants."""
-import io
+"""train.py: its two functions against plain math, and main() as a user runs it: output, determinism,
+resume, interruption, bad flags, the thread policy."""
 import json
 import os
+import shlex
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import cli
 import data
 import train
+from conftest import DEVICES, FAKE_TEST, ROOT, assert_one_line_error, main_error, run_script
 from model import Net
 
 
-def train_run(fake_mnist, out, *extra):
-    train.main(["--data-dir", fake_mnist, "--out", str(out), "--device", "cpu", "--no-plots", *extra])
+def train_run(fake_mnist, out, *extra, device="cpu"):
+    train.main(["--data-dir", fake_mnist, "--out", str(out), "--device", device, "--no-plots", *extra])
     return torch.load(os.path.join(out, "model.pt"), weights_only=True)
 
 
@@ -25,6 +32,64 @@ def assert_same_run(a, b):
     assert strip(a["history"]) == strip(b["history"])
 
 
+def test_evaluate_matches_hand_counted_confusion_across_batches(fake_mnist):
+    torch.manual_seed(0)
+    model = Net()
+    loader = data.make_loader(data.load_mnist(fake_mnist, False), 64, False, torch.Generator(), "fast")
+    assert len(loader) == 4  # 200 images in batches of 64: the sums must carry across batches
+    loss, acc, confusion = train.evaluate(model, loader, torch.device("cpu"))
+    x = torch.cat([x for x, _ in loader])
+    y = torch.cat([y for _, y in loader])
+    logits = model(x)
+    expected = torch.zeros(10, 10, dtype=torch.int64)
+    for t, p in zip(y.tolist(), logits.argmax(1).tolist()):
+        expected[t, p] += 1
+    assert torch.equal(confusion, expected) and expected.sum() == FAKE_TEST
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert acc == 100.0 * expected.trace().item() / FAKE_TEST
+
+
+def test_train_one_epoch_takes_one_sgd_step_per_batch(fake_mnist):
+    torch.manual_seed(0)
+    model, reference = Net(), Net()
+    reference.load_state_dict(model.state_dict())
+    batches = [(x, y) for x, y in data.make_loader(data.load_mnist(fake_mnist, True), 64, False, torch.Generator())][:3]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss, acc = train.train_one_epoch(model, batches, optimizer, torch.device("cpu"))
+    losses, correct = [], 0
+    for x, y in batches:  # the same steps by hand: w -= lr * grad
+        logits = reference(x)
+        batch_loss = F.cross_entropy(logits, y)
+        reference.zero_grad()
+        batch_loss.backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p -= 0.1 * p.grad
+        losses.append(batch_loss.item())
+        correct += (logits.argmax(1) == y).sum().item()
+    assert loss == pytest.approx(sum(losses) / 3, rel=1e-6) and acc == 100.0 * correct / 192
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+def test_prints_one_line_per_epoch_and_saves_everything(trained):
+    out, stdout = trained
+    lines = [line for line in stdout.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2
+    for i, line in enumerate(lines, 1):
+        assert line.startswith(f"epoch {i}/2  train loss ") and " acc " in line and "  test loss " in line
+        assert line.endswith("s") and line.count("%") == 2
+    for name in ("model.pt", "history.json", "training_curves.png"):
+        assert os.path.getsize(out / name) > 0
+    assert f"saved {out / 'training_curves.png'}" in stdout
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["arch"] == "784-64-10 sigmoid" and ckpt["config"]["lr"] == train.LEARNING_RATE
+    assert [(h["lr"], h["batch_size"]) for h in ckpt["history"]] == [(train.LEARNING_RATE, train.BATCH_SIZE)] * 2
+    with open(out / "history.json") as f:
+        assert json.load(f) == ckpt["history"]
+
+
 def test_same_seed_gives_bit_identical_weights(fake_mnist, tmp_path):
     a = train_run(fake_mnist, tmp_path / "a", "--epochs", "3", "--seed", "7")
     b = train_run(fake_mnist, tmp_path / "b", "--epochs", "3", "--seed", "7")
@@ -33,106 +98,121 @@ def test_same_seed_gives_bit_identical_weights(fake_mnist, tmp_path):
     assert not torch.equal(a["model"]["fc1.weight"], c["model"]["fc1.weight"])
 
 
-def test_fast_and_classic_loaders_train_bit_identical_weights(fake_mnist, tmp_path):
-    fast = train_run(fake_mnist, tmp_path / "fast", "--epochs", "2", "--loader", "fast")
-    classic = train_run(fake_mnist, tmp_path / "classic", "--epochs", "2", "--loader", "classic")
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_and_classic_loaders_train_bit_identical_weights(fake_mnist, tmp_path, device):
+    fast = train_run(fake_mnist, tmp_path / "fast", "--epochs", "2", "--loader", "fast", device=device)
+    classic = train_run(fake_mnist, tmp_path / "classic", "--epochs", "2", "--loader", "classic", device=device)
     assert_same_run(fast, classic)
 
 
-def test_resume_ends_bit_identical_to_an_uninterrupted_run(fake_mnist, tmp_path, capsys):
-    whole = train_run(fake_mnist, tmp_path / "whole", "--epochs", "4")
-    train_run(fake_mnist, tmp_path / "parts", "--epochs", "2")
-    resumed = train_run(fake_mnist, tmp_path / "parts", "--epochs", "4", "--resume")
-    assert "resuming" in capsys.readouterr().out
-    assert resumed["epoch"] == 4 and len(resumed["history"]) == 4
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_in_process_ends_bit_identical(fake_mnist, tmp_path, device):
+    whole = train_run(fake_mnist, tmp_path / "whole", "--epochs", "4", "--lr", "0.05", device=device)
+    train_run(fake_mnist, tmp_path / "parts", "--epochs", "2", "--lr", "0.05", device=device)
+    resumed = train_run(fake_mnist, tmp_path / "parts", "--epochs", "4", "--resume", device=device)
     assert_same_run(whole, resumed)
 
 
-def test_checkpoint_round_trip(fake_mnist, tmp_path):
-    ckpt = train_run(fake_mnist, tmp_path, "--epochs", "2", "--lr", "0.05", "--batch-size", "32")
-    assert ckpt["config"]["lr"] == 0.05 and ckpt["config"]["batch_size"] == 32 and ckpt["epoch"] == 2
-    assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
-    loaded = train.load_checkpoint(os.path.join(tmp_path, "model.pt"))
-    model = train.model_from_checkpoint(loaded, "model.pt", torch.device("cpu"))
-    x = torch.rand(4, 1, 28, 28)
-    reference = Net()
-    reference.load_state_dict(ckpt["model"])
-    assert torch.equal(model(x), reference(x))
-    with open(os.path.join(tmp_path, "history.json")) as f:
-        assert [h["test_acc"] for h in json.load(f)] == [h["test_acc"] for h in ckpt["history"]]
-
-
 def test_edited_constants_are_the_defaults(fake_mnist, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "EPOCHS", 2)
-    monkeypatch.setattr(train, "LEARNING_RATE", 0.03)
-    monkeypatch.setattr(train, "DATA_DIR", fake_mnist)
-    monkeypatch.setattr(train, "OUT_DIR", str(tmp_path))
-    monkeypatch.setattr(train, "DEVICE", "cpu")
+    for name, value in (("EPOCHS", 2), ("LEARNING_RATE", 0.03), ("DATA_DIR", fake_mnist),
+                        ("RUNS_DIR", str(tmp_path)), ("DEVICE", "cpu")):
+        monkeypatch.setattr(train, name, value)
     train.main(["--no-plots"])
-    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "lr0.03-bs64" / "model.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["lr"] == 0.03
 
 
-def test_evaluate_matches_a_plain_loop(fake_mnist):
-    torch.manual_seed(0)
-    model = Net()
-    loader = data.build_test_loader(fake_mnist)
-    loss, acc, confusion = train.evaluate(model, loader, torch.device("cpu"))
-    x, y = next(iter(loader))
-    logits = model(x)
-    pred = logits.argmax(1)
-    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
-    assert acc == pytest.approx(100.0 * (pred == y).float().mean().item())
-    assert confusion.sum() == len(y)
-    for t, p in [(0, 0), (3, 5), (9, 1)]:
-        assert confusion[t, p] == ((y == t) & (pred == p)).sum()
+def test_stopped_with_ctrl_c_and_resumed_with_the_printed_command_ends_bit_identical(fake_mnist, tmp_path):
+    flags = ["--data-dir", fake_mnist, "--lr", "0.05", "--batch-size", "32", "--device", "cpu", "--no-plots"]
+    whole = train_run(fake_mnist, tmp_path / "whole", *flags[2:], "--epochs", "5")
+    out = tmp_path / "parts"
+    proc = subprocess.Popen([sys.executable, "train.py", "--out", out, "--epochs", "5", *flags], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/5"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("interrupted (SIGINT): epoch ") and " is saved in " in line, line
+    command = shlex.split(line.split("continue with: ")[1])
+    assert command[:2] == ["python", "train.py"] and "--lr" not in command and "--batch-size" not in command
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(whole, torch.load(out / "model.pt", weights_only=True))
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "model.pt"
-    path.write_bytes(b"old")
-
-    def fail(f):
-        f.write(b"half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train.atomic_write(str(path), fail)
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.pt"]
-    train.atomic_write(str(path), lambda f: f.write(b"new"))
-    assert path.read_bytes() == b"new"
+def test_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(fake_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_run(fake_mnist, out, "--epochs", "2", "--lr", "0.1", "--batch-size", "32")
+    resumed = train_run(fake_mnist, out, "--epochs", "4", "--resume", "--lr", "0.05")
+    stdout = capsys.readouterr().out
+    assert "lr 0.1 -> 0.05 from epoch 3" in stdout.splitlines() and "batch size" not in stdout
+    assert [(h["lr"], h["batch_size"]) for h in resumed["history"]] == [(0.1, 32)] * 2 + [(0.05, 32)] * 2
+    assert resumed["config"]["lr"] == 0.05 and resumed["config"]["batch_size"] == 32
+    assert "goes on from its own weights" in main_error(train, "--resume", out / "model.pt", "--seed", 3,
+                                                        "--epochs", 6, "--data-dir", fake_mnist)
+    assert "at epoch 4 already" in main_error(train, "--resume", out / "model.pt", "--data-dir", fake_mnist)
 
 
-def test_progress_shows_on_a_terminal_only():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_like_ctrl_c(fake_mnist, tmp_path, sig):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", "100000",
+                             "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch      2/"):
+            break
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"interrupted ({sig.name}): epoch ") and "continue with: python train.py --resume" in line
+    saved = int(line.split("): epoch ")[1].split("/")[0])
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    with open(out / "history.json") as f:
+        assert ckpt["epoch"] == saved >= 2 and json.load(f) == ckpt["history"]
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
-    batches = list(range(100))
-    quiet, shown = io.StringIO(), Terminal()
-    assert list(train.with_progress(batches, "epoch 1/2", quiet, after=0)) == batches
-    assert list(train.with_progress(batches, "epoch 1/2", shown, after=0)) == batches
-    assert quiet.getvalue() == "" and "epoch 1/2  batch 100/100" in shown.getvalue()
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tmp_path):
+    out = tmp_path / "run"
+    assert run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
+    # a learning rate of 1e38 is finite and valid, and drives the weights to inf within an epoch
+    proc = run_script("train.py", "--resume", "--out", out, "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38")
+    assert_one_line_error(proc, "the training loss became", "in epoch 2", "keeps epoch 1", "--lr")
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
-@pytest.mark.parametrize("epochs, batch_size, lr, message", [
-    (0, 64, 0.01, "epochs must be at least 1"),
-    (1, 0, 0.01, "batch size must be at least 1"),
-    (1, 64, 0.0, "positive finite"),
-    (1, 64, -1.0, "positive finite"),
-    (1, 64, float("nan"), "positive finite"),
-    (1, 64, float("inf"), "positive finite"),
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "argument --epochs: 0 is out of range: use 1 to 1,000,000"),
+    (["--epochs", "ten"], "argument --epochs: 'ten' is not a whole number"),
+    (["--batch-size", str(2**64)], "argument --batch-size: 18446744073709551616 is out of range"),
+    (["--seed", str(2**70)], "argument --seed: 1180591620717411303424 is out of range"),
+    (["--lr", "nan"], "argument --lr: nan is not a positive finite number float32 can hold"),
+    (["--lr", "-0.1"], "is not a positive finite number"),
+    (["--lr", "1e39"], "argument --lr: 1e39 is not a positive finite number float32 can hold"),
+    (["--threads", "0"], "argument --threads: 0 is out of range"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    pytest.param(["--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ])
-def test_bad_hyperparameters_are_refused(epochs, batch_size, lr, message):
-    with pytest.raises(train.ConfigError, match=message):
-        train.check_hyperparameters(epochs, batch_size, lr, "fast")
+def test_bad_flags_get_one_line_and_touch_nothing(trained, fake_mnist, flags, message, capsys):
+    out, _ = trained
+    before = (out / "model.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        cli.run(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--resume", *flags]))
+    said = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
+    assert len(said.strip().splitlines()) == 1 and said.startswith("error: ") and message in said, said
+    assert e.value.code != 0 and (out / "model.pt").read_bytes() == before
 
 
-def test_devices():
-    assert train.resolve_device("cpu") == torch.device("cpu")
-    assert train.resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(train.ConfigError, match="unknown device"):
-        train.resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(train.ConfigError, match="CUDA is not available"):
-            train.resolve_device("cuda")
+def test_the_thread_count_is_the_one_the_scripts_run_with(fake_mnist, tmp_path):
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "a", "--epochs", 1, "--no-plots")
+    assert f"cpu, {train.THREADS} threads," in proc.stdout.splitlines()[0]
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "b", "--epochs", 1, "--threads", 2)
+    assert "cpu, 2 threads," in proc.stdout.splitlines()[0]
+    assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["config"]["threads"] == 2

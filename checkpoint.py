@@ -1,0 +1,164 @@
+"""The checkpoint: a dict of tensors and plain values, written as bytes and read back safely.
+
+    {"model": state_dict, "arch": "784-64-10 sigmoid", "optimizer": ..., "generator": ...,
+     "config": {...}, "epoch": 3, "history": [{"epoch": 1, ...}, ...]}
+
+load() refuses a file before unpickling it unless it is the archive torch.save writes (no
+compressed entries, bounded size) and its pickle asks only for the few globals such a dict needs;
+then torch.load(weights_only=True) reads it and the structure is checked.
+"""
+import io
+import os
+import pickletools
+import re
+import warnings
+import zipfile
+
+import torch
+
+from cli import UserError
+from model import Net, architecture
+
+MAX_BYTES = 64 * 2**20  # ours are 0.2 MB; this leaves room for a 784-20000-10 network
+ALLOWED_GLOBALS = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
+                   "torch FloatStorage", "torch LongStorage", "torch ByteStorage"}
+ENTRY = re.compile(r"[^/]+/(data\.pkl|byteorder|version|\.format_version|\.storage_alignment|"
+                   r"\.data/serialization_id|\.data/version|data/\d+)")
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "lr", "batch_size")
+CONFIG_TYPES = {"epochs": int, "batch_size": int, "lr": float, "seed": int, "loader": str}
+TRAIN_AGAIN = "train a new one with python train.py"
+
+
+def dumps(ckpt):
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def unsafe_global(pickle_bytes):
+    """The first global outside ALLOWED_GLOBALS that this pickle asks for, or None.
+
+    Raises ValueError for a pickle that cannot be decoded, and for opcodes that build objects
+    without naming their class where this check can see it (torch.save never writes them)."""
+    for op, arg, _ in pickletools.genops(pickle_bytes):
+        if op.name == "GLOBAL" and arg not in ALLOWED_GLOBALS:
+            return arg.replace(" ", ".")
+        if op.name in ("STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"):
+            return f"an object through {op.name}"
+    return None
+
+
+def check_archive(path):
+    """Raise UserError unless path looks like a torch.save of a small dict (before unpickling it)."""
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise UserError(f"{path}: {size / 2**20:.0f} MB, larger than any checkpoint train.py writes "
+                        f"({MAX_BYTES // 2**20} MB at most); {TRAIN_AGAIN}")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read()
+        try:  # a plain pickle (or torch's legacy format) is only worth naming if it asks for code
+            found = unsafe_global(head) if head.startswith(b"\x80") else None
+        except ValueError:
+            found = None
+        if found:
+            raise UserError(f"{path}: refused, it would call {found}, and loading it could run that code; "
+                            "use a checkpoint that train.py wrote")
+        if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] in (b"\xff\xd8\xff", b"GIF"):
+            raise UserError(f"{path} is an image, not a checkpoint: pass images after --image")
+        raise UserError(f"{path}: not a checkpoint (not the archive torch.save writes: empty, "
+                        f"truncated or another kind of file); {TRAIN_AGAIN}")
+    with zipfile.ZipFile(path) as archive:
+        entries = archive.infolist()
+        bad = [e.filename for e in entries if not ENTRY.fullmatch(e.filename) or e.compress_type != 0]
+        pickles = [e for e in entries if e.filename.endswith("/data.pkl")]
+        if bad or len(pickles) != 1 or len(entries) > 100 or sum(e.file_size for e in entries) > MAX_BYTES:
+            raise UserError(f"{path}: refused, its archive holds entries that torch.save does not write "
+                            f"({(bad or ['data.pkl'])[0]}); {TRAIN_AGAIN}")
+        try:
+            found = unsafe_global(archive.read(pickles[0]))
+        except (ValueError, zipfile.BadZipFile, OSError):
+            raise UserError(f"{path}: not a readable checkpoint, damaged; {TRAIN_AGAIN}") from None
+    if found:
+        raise UserError(f"{path}: refused, it would call {found}, and loading it could run that code; "
+                        "use a checkpoint that train.py wrote")
+
+
+def load(path, map_location="cpu"):
+    """The checkpoint dict at path, checked (see the module's docstring); UserError if unusable."""
+    if os.path.isdir(path):
+        hint = f": pass {os.path.join(path, 'model.pt')}" if os.path.isfile(os.path.join(path, "model.pt")) else ""
+        raise UserError(f"{path} is a folder, not a checkpoint file{hint}")
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such checkpoint file; {TRAIN_AGAIN}")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is not a regular file, so not a checkpoint; {TRAIN_AGAIN}")
+    check_archive(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable checkpoint, damaged or truncated "
+                        f"({type(e).__name__}); {TRAIN_AGAIN}") from None
+    problem = structure_problem(ckpt)
+    if problem:
+        raise UserError(f"{path}: not a checkpoint of this train.py ({problem}); {TRAIN_AGAIN}")
+    return ckpt
+
+
+def structure_problem(ckpt):
+    """What is wrong with a loaded checkpoint's structure, or None."""
+    if not isinstance(ckpt, dict):
+        return "not a dict"
+    for key, kind in (("model", dict), ("arch", str), ("config", dict), ("epoch", int), ("history", list)):
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            return f"no {key!r} of type {kind.__name__}"
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        return "'model' holds more than tensors"
+    for key, kind in CONFIG_TYPES.items():
+        if not isinstance(ckpt["config"].get(key), kind) or isinstance(ckpt["config"].get(key), bool):
+            return f"config has no {key!r} of type {kind.__name__}"
+    epoch, history = ckpt["epoch"], ckpt["history"]
+    if epoch < 1 or len(history) != epoch:
+        return f"epoch {epoch} with {len(history)} history entries"
+    for i, h in enumerate(history, 1):
+        if not isinstance(h, dict) or any(isinstance(h.get(k), bool) or not isinstance(h.get(k), (int, float))
+                                          for k in HISTORY_KEYS) or h["epoch"] != i:
+            return f"history entry {i} is incomplete"
+    return None
+
+
+def model_from(ckpt, path, device="cpu"):
+    """A Net holding the checkpoint's weights, if model.py still builds the network they belong to."""
+    model = Net()
+    built = architecture(model)
+    if ckpt["arch"] != built:
+        raise UserError(f"{path} holds a {ckpt['arch']} network, but model.py now builds {built}: "
+                        "evaluate it with the model.py it was trained with, or train a new one")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: its weights do not fit a {built} network ({reason})") from None
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"{path}: its weights hold NaN or infinite values, so every answer would be "
+                        "meaningless; train again with a lower --lr")
+    return model.to(device)
+
+
+def restore(ckpt, path, optimizer, generator, lr):
+    """Put the optimizer (at learning rate lr) and the shuffle generator back where the checkpoint
+    left them; returns the history so far, to be continued."""
+    try:
+        groups = ckpt["optimizer"]["param_groups"]
+        if not all(isinstance(g, dict) and isinstance(g.get("lr"), float) for g in groups):
+            raise ValueError
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError):
+        raise UserError(f"{path}: has no usable optimizer or generator state to resume from; "
+                        "evaluate it, or train a new run") from None
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return list(ckpt["history"])

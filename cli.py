@@ -1,0 +1,153 @@
+"""What makes the scripts behave as commands: one-line errors, flag ranges, device choice, signals.
+
+A script imports this first and ends with `cli.run(main)`. Then a mistake the user can fix is
+one line on stderr and a non-zero exit, never a traceback; Ctrl-C, SIGTERM and SIGHUP end it
+the same way, also while torch is still loading; a closed pipe (`| head`) ends it quietly.
+"""
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class UserError(Exception):
+    """Something the user can fix (a flag, a file, a folder); the message says what to do."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action):  # each flag's help ends with its default, taken from the constant
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):  # one line that says what to do, not the whole usage block
+        self.exit(2, f"error: {message}; see python {self.prog} --help\n")
+
+
+def int_in(low, high):
+    """An argparse type: an int from low to high."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high:,}")
+        return value
+    return parse
+
+
+def learning_rate(text):
+    """An argparse type: a positive float that float32 (the weights' type) can hold."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= 3.4e38):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number float32 can hold")
+    return value
+
+
+def explicit_flags(parser, argv):
+    """The dests of the flags written on the command line, as opposed to left at their defaults."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[parser])
+    parser.set_defaults(**{a.dest: None for a in parser._actions})
+    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+
+
+def device(name):
+    """torch.device for a --device value; 'auto' takes the accelerator (CUDA, MPS, ...) if any."""
+    import torch
+
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if name == "auto":
+        return accelerator or torch.device("cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if chosen.type != "cpu" and (accelerator is None or accelerator.type != chosen.type):
+        raise UserError(f"--device {name}: {chosen.type.upper()} is not available here; use --device cpu or auto")
+    if chosen.type != "cpu" and (chosen.index or 0) >= torch.accelerator.device_count():
+        raise UserError(f"--device {name}: only {torch.accelerator.device_count()} {chosen.type} device(s) here")
+    return chosen
+
+
+def set_threads(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _stop(signum, frame):
+    run.signal = signum
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block is done: a save is never cut in half."""
+    caught = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
+        _stop(caught[0], None)
+
+
+def _quiet_stdout():
+    """After a closed pipe: send what is left to /dev/null, so exiting does not fail too."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def run(main):
+    """Run a script's main() as a command (see the module's docstring)."""
+    run.signal = signal.SIGINT
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS[1:]:
+        signal.signal(s, _stop)
+    try:
+        main()
+        sys.stdout.flush()  # here, not at exit: a closed pipe must be caught below
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line short
+        said = f": {e}" if str(e) else ""
+        print(f"\ninterrupted ({signal.Signals(run.signal).name}){said}", file=sys.stderr)
+        sys.exit(128 + run.signal)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _last_resort(kind, value, traceback):
+    """Ctrl-C before main() runs (torch takes a second or two to load): one line, not a traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("\ninterrupted", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
+    if issubclass(kind, BrokenPipeError):
+        _quiet_stdout()
+        os._exit(1)
+    sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = _last_resort

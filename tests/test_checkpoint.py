@@ -1,0 +1,208 @@
+"""checkpoint.py: what a checkpoint holds, and every kind of file that must be refused before or
+after unpickling (crafted ones built here, never committed), through the real command lines."""
+import io
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+import checkpoint
+import evaluate
+import model
+import train
+from conftest import ROOT, assert_one_line_error, main_error, run_script
+
+
+@pytest.fixture()
+def good(trained, tmp_path):
+    """A copy of a real two-epoch checkpoint, and the dict in it."""
+    out, _ = trained
+    path = tmp_path / "good.pt"
+    path.write_bytes((out / "model.pt").read_bytes())
+    return path, torch.load(path, weights_only=True)
+
+
+def saved(tmp_path, name, ckpt):
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+def with_pickle(good_path, pickle_bytes, out):
+    """The good checkpoint's archive with its data.pkl replaced."""
+    with zipfile.ZipFile(good_path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, pickle_bytes if info.filename.endswith("/data.pkl") else src.read(info))
+    return out
+
+
+class Call:
+    """Unpickling this calls fn(*args): what a crafted checkpoint does."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def peak_rss_mb(*args):
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), proc.stderr.read().decode()
+
+
+def test_round_trip_and_what_it_holds(good):
+    path, ckpt = good
+    loaded = checkpoint.load(str(path))
+    assert set(loaded) == {"model", "arch", "optimizer", "generator", "config", "epoch", "history"}
+    net = checkpoint.model_from(loaded, str(path))
+    reference = model.Net()
+    reference.load_state_dict(ckpt["model"])
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(net(x), reference(x))
+
+
+def test_memory_bombs_are_refused_before_unpickling(good, tmp_path):
+    path, ckpt = good
+    bomb = with_pickle(path, pickle.dumps({"model": Call(bytearray, 2_000_000_000)}, protocol=2), tmp_path / "b.pt")
+    inflating = tmp_path / "inflating.pt"  # a 300 MB record, deflated to a few hundred KB
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(inflating, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            with dst.open(info.filename, "w") as f:
+                f.write(src.read(info))
+                if info.filename.endswith("data/0"):
+                    for _ in range(300):
+                        f.write(bytes(2**20))
+    assert os.path.getsize(inflating) < 2 * 2**20
+    huge = tmp_path / "huge.pt"
+    with open(huge, "wb") as f:
+        f.truncate(checkpoint.MAX_BYTES + 1)  # sparse: large, and nothing on disk
+    baseline, _, _ = peak_rss_mb("evaluate.py", tmp_path / "missing.pt")
+    for crafted, message in ((bomb, "refused, it would call __builtin__.bytearray, and loading it could run that code"),
+                             (inflating, "refused, its archive holds entries that torch.save does not write"),
+                             (huge, "larger than any checkpoint train.py writes")):
+        peak, code, stderr = peak_rss_mb("evaluate.py", crafted)
+        assert code == 1 and stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, stderr
+        assert peak - baseline < 100, (crafted.name, peak, baseline)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(fake_mnist, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = {"model": Call(os.system, f"touch {marker}"), "config": {}, "epoch": 1, "history": []}
+    zipped = saved(tmp_path, "evil.pt", payload)
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload))  # the legacy, plain-pickle format
+    proc = run_script("evaluate.py", zipped, "--data-dir", fake_mnist)
+    assert_one_line_error(proc, f"refused, it would call {os.system.__module__}.system", "could run that code")
+    for path in (zipped, tmp_path / "evil.pkl"):
+        assert "could run that code" in main_error(evaluate, path, "--data-dir", fake_mnist)
+        assert "could run that code" in main_error(train, "--resume", path, "--data-dir", fake_mnist, "--epochs", 3)
+    assert not marker.exists()
+    pickle.loads((tmp_path / "evil.pkl").read_bytes())  # plain unpickling does run it
+    assert marker.exists()
+
+
+def test_unreadable_files_are_not_called_unsafe(good, fake_mnist, tmp_path):
+    path, _ = good
+    files = {"empty.pt": b"", "truncated.pt": path.read_bytes()[: path.stat().st_size // 2],
+             "random.pt": torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8).numpy().tobytes(),
+             "README.md": open(os.path.join(ROOT, "README.md"), "rb").read()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        line = main_error(evaluate, tmp_path / name, "--data-dir", fake_mnist, "--no-plots")
+        assert "not a checkpoint" in line or "not a readable checkpoint" in line, line
+        assert "could run" not in line and "refused" not in line, line
+        assert (tmp_path / name).read_bytes() == content
+    proc = run_script("evaluate.py", tmp_path / "truncated.pt", "--data-dir", fake_mnist)
+    assert_one_line_error(proc, "truncated")
+
+
+def test_folders_images_and_missing_files_say_what_they_are(good, fake_mnist, tmp_path):
+    path, _ = good
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(path.read_bytes())
+    assert f"is a folder, not a checkpoint file: pass {tmp_path / 'run' / 'model.pt'}" in main_error(
+        evaluate, tmp_path / "run", "--data-dir", fake_mnist)
+    png = os.path.join(ROOT, "docs", "example_seven.png")
+    assert "is an image, not a checkpoint: pass images after --image" in main_error(evaluate, png)
+    assert "no such checkpoint file" in main_error(evaluate, tmp_path / "nothing.pt")
+    line = main_error(evaluate, "--image", png, tmp_path / "run" / "model.pt")
+    assert "looks like a checkpoint: name it before --image" in line
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c.update(epoch="3"), "no 'epoch' of type int"),
+    (lambda c: c.update(epoch=True), "no 'epoch' of type int"),
+    (lambda c: c.update(epoch=5), "epoch 5 with 2 history entries"),
+    (lambda c: c.update(epoch=0, history=[]), "epoch 0 with 0 history entries"),
+    (lambda c: c.update(history={"epoch": 1}), "no 'history' of type list"),
+    (lambda c: c["history"][1].pop("test_acc"), "history entry 2 is incomplete"),
+    (lambda c: c["history"][0].update(epoch=7), "history entry 1 is incomplete"),
+    (lambda c: c["config"].pop("lr"), "config has no 'lr'"),
+    (lambda c: c["model"].update(extra=[1, 2]), "'model' holds more than tensors"),
+])
+def test_edited_structures_are_refused_on_load(good, fake_mnist, tmp_path, damage, message):
+    _, ckpt = good
+    damage(ckpt)
+    path = saved(tmp_path, "edited.pt", ckpt)
+    for module, args in ((evaluate, [path, "--no-plots"]), (train, ["--resume", path, "--epochs", 9])):
+        line = main_error(module, *args, "--data-dir", fake_mnist)
+        assert "not a checkpoint of this train.py" in line and message in line, line
+    assert not (tmp_path / "history.json").exists()
+
+
+def test_optimizer_state_is_needed_to_resume_only(good, fake_mnist, tmp_path, capsys):
+    _, ckpt = good
+    no_optimizer = saved(tmp_path, "no_optimizer.pt", {k: v for k, v in ckpt.items() if k != "optimizer"})
+    evaluate.main([str(no_optimizer), "--data-dir", fake_mnist, "--no-plots"])
+    assert "test accuracy: " in capsys.readouterr().out
+    ckpt["optimizer"]["param_groups"][0]["lr"] = "fast"
+    malformed = saved(tmp_path, "malformed.pt", ckpt)
+    for path in (no_optimizer, malformed):
+        line = main_error(train, "--resume", path, "--epochs", 5, "--data-dir", fake_mnist)
+        assert "has no usable optimizer or generator state to resume from" in line
+        assert not (tmp_path / "history.json").exists()
+
+
+def test_non_finite_weights_are_refused(good, fake_mnist, tmp_path):
+    _, ckpt = good
+    ckpt["model"]["fc2.bias"][3] = float("nan")
+    path = saved(tmp_path, "nan.pt", ckpt)
+    png = os.path.join(ROOT, "docs", "example_seven.png")
+    for args in ([path, "--data-dir", fake_mnist], [path, "--image", png]):
+        assert "weights hold NaN or infinite values" in main_error(evaluate, *args)
+
+
+def test_a_changed_model_py_is_named_in_the_refusal(good, fake_mnist, monkeypatch, capsys):
+    path, _ = good
+    monkeypatch.setattr(model, "HIDDEN", 128)
+    line = main_error(evaluate, path, "--data-dir", fake_mnist)
+    assert "holds a 784-64-10 sigmoid network, but model.py now builds 784-128-10 sigmoid" in line
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "Train the 784-128-10 sigmoid MNIST classifier" in capsys.readouterr().out
+    monkeypatch.setattr(model, "HIDDEN", 64)
+
+    class ReluNet(model.Net):
+        def __init__(self):
+            super().__init__()
+            self.activation = nn.ReLU()
+
+    monkeypatch.setattr(checkpoint, "Net", ReluNet)
+    line = main_error(evaluate, path, "--data-dir", fake_mnist)
+    assert "holds a 784-64-10 sigmoid network, but model.py now builds 784-64-10 relu" in line
+
+
+def test_unsafe_global_reads_the_pickle_without_running_it():
+    assert checkpoint.unsafe_global(pickle.dumps({"a": [1, 2.0, "x"]}, protocol=2)) is None
+    assert checkpoint.unsafe_global(pickle.dumps(Call(print, "hi"), protocol=2)) == "__builtin__.print"
+    assert checkpoint.unsafe_global(pickle.dumps(Call(print, "hi"), protocol=4)) == "an object through STACK_GLOBAL"
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2), "g": torch.Generator().get_state(), "i": torch.arange(3)}, buffer)
+    with zipfile.ZipFile(buffer) as z:
+        assert checkpoint.unsafe_global(z.read([n for n in z.namelist() if n.endswith("data.pkl")][0])) is None

@@ -1,0 +1,116 @@
+"""evaluate.py: the report agrees with train.py and with its own confusion matrix, one pass draws both
+pictures with either loader, and --image classifies files one line each."""
+import os
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import data
+import evaluate
+import train
+from conftest import DEVICES, run_script
+from model import Net
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, fake_mnist):
+    out, _ = trained
+    proc = run_script("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_reports_the_accuracy_train_printed_and_draws_both_pictures(trained, evaluated):
+    _, train_stdout = trained
+    out, stdout = evaluated
+    last_epoch = [line for line in train_stdout.splitlines() if line.startswith("epoch 2/2")][0]
+    accuracy = last_epoch.split("test loss ")[1].split(" acc ")[1].split("%")[0]
+    line = [x for x in stdout.splitlines() if x.startswith("test accuracy: ")][0]
+    assert line.startswith(f"test accuracy: {accuracy}% (") and line.endswith("/200)")
+    assert stdout.startswith(f"checkpoint {out / 'model.pt'}: 784-64-10 sigmoid, epoch 2, device cpu")
+    for name in ("confusion_matrix.png", "mistakes.png"):
+        assert f"saved {out / name}" in stdout.splitlines()
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and 300 <= image.width <= 2000 and 200 <= image.height <= 2000
+
+
+def test_printed_numbers_agree_with_the_confusion_matrix(evaluated):
+    _, stdout = evaluated
+    lines = stdout.splitlines()
+    start = lines.index("confusion matrix (rows: true digit, columns: predicted digit)")
+    matrix = torch.tensor([[int(v) for v in line.split()[1:]] for line in lines[start + 2: start + 12]])
+    assert matrix.shape == (10, 10)
+    correct, total = matrix.trace().item(), matrix.sum().item()
+    assert f"test accuracy: {100 * correct / total:.2f}% ({correct}/{total})" in lines
+    header = [i for i, line in enumerate(lines) if line.startswith("digit  images  correct  recall  precision")][0]
+    for d, row in enumerate(lines[header + 1: header + 11]):
+        digit, images, right, recall, precision, f1 = row.replace("%", "").split()
+        assert int(digit) == d and int(images) == matrix[d].sum() and int(right) == matrix[d, d]
+        expected_recall = 100 * matrix[d, d] / matrix[d].sum() if matrix[d].sum() else 0.0
+        expected_precision = 100 * matrix[d, d] / matrix[:, d].sum() if matrix[:, d].sum() else 0.0
+        assert float(recall) == pytest.approx(float(expected_recall), abs=0.005)
+        assert float(precision) == pytest.approx(float(expected_precision), abs=0.005)
+        p, r = float(precision), float(recall)
+        assert float(f1) == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, abs=0.01)
+
+
+def test_class_metrics_on_a_known_matrix():
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    confusion[0, 0], confusion[0, 1], confusion[1, 1], confusion[2, 0] = 8, 2, 5, 5
+    rows = evaluate.class_metrics(confusion)
+    assert rows[0] == (10, 8, 80.0, pytest.approx(100 * 8 / 13), pytest.approx(2 * 80 * (800 / 13) / (80 + 800 / 13)))
+    assert rows[1][2:4] == (100.0, pytest.approx(100 * 5 / 7))
+    assert rows[2] == (5, 0, 0.0, 0.0, 0.0) and rows[3] == (0, 0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("loader", data.LOADERS)
+def test_one_pass_gives_train_evaluate_numbers_and_what_the_pictures_need(fake_mnist, loader, device):
+    torch.manual_seed(0)
+    device = torch.device(device)
+    model = Net().to(device)
+    test_loader = data.make_loader(data.load_mnist(fake_mnist, False), 64, False, torch.Generator(), loader, device)
+    passes = []
+    model.register_forward_pre_hook(lambda module, inputs: passes.append(len(inputs[0])))
+    loss, confusion, images, probs, labels = evaluate.evaluate_keeping(model, test_loader, device)
+    assert sum(passes) == 200 and len(passes) == 4  # one pass, batch by batch
+    expected_loss, _, expected_confusion = train.evaluate(model, test_loader, device)
+    assert loss == expected_loss and torch.equal(confusion, expected_confusion)
+    x, y = next(iter(data.make_loader(data.load_mnist(fake_mnist, False), 200, False, torch.Generator())))
+    assert torch.equal(images, x) and torch.equal(labels, y)
+    assert torch.allclose(probs, torch.softmax(model(x.to(device)), 1).cpu(), atol=1e-6)
+
+
+def test_no_plots_writes_no_pictures(trained, fake_mnist, tmp_path):
+    out, _ = trained
+    (tmp_path / "model.pt").write_bytes((out / "model.pt").read_bytes())
+    proc = run_script("evaluate.py", tmp_path / "model.pt", "--data-dir", fake_mnist, "--no-plots")
+    assert proc.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert "saved" not in proc.stdout
+
+
+def test_image_command_line(trained, tmp_path):
+    out, _ = trained
+    seven = Image.new("RGB", (240, 320), (235, 232, 220))
+    ImageDraw.Draw(seven).line([(60, 70), (180, 70), (100, 260)], fill=(30, 30, 60), width=18)
+    seven.save(tmp_path / "d.png")
+    seven.save(tmp_path / "d.gif")
+    Image.new("L", (100, 100), 240).save(tmp_path / "blank.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    paths = [tmp_path / "d.png", tmp_path / "blank.png", tmp_path / "notes.txt", tmp_path / "d.gif"]
+    proc = run_script("evaluate.py", out / "model.pt", "--image", *paths, "--save-input", tmp_path / "seen")
+    assert proc.returncode == 1  # one file or more failed; the others were still classified
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith(f"{paths[0]}: ") and "%)  top 3: " in lines[1] and lines[1].count("%") == 4
+    assert proc.stderr.splitlines() == [
+        f"error: {paths[1]}: no digit found: the image is blank or has too little contrast",
+        f"error: {paths[2]}: not an image that PIL can read (PNG, JPEG, ...)"]
+    assert sorted(os.listdir(tmp_path / "seen")) == ["d-2.mnist.png", "d.mnist.png"]  # neither saved over the other
+    with Image.open(tmp_path / "seen" / "d.mnist.png") as seen:
+        assert seen.size == (28, 28) and seen.mode == "L"
+    ok = run_script("evaluate.py", out / "model.pt", "--image", paths[0], "--save-input")
+    assert ok.returncode == 0 and (tmp_path / "d.mnist.png").exists()
+    (tmp_path / "taken").write_text("a file where the folder would go")
+    proc = run_script("evaluate.py", out / "model.pt", "--image", paths[0], "--save-input", tmp_path / "taken")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1

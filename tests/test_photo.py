@@ -1,0 +1,268 @@
+"""photo.py: photos, scans and drawings brought to MNIST's format: polarity from the paper, thin
+strokes kept, odd files (16-bit, animated, huge, FIFOs) read safely; on real data, the model reads
+photos of test digits about as well as the digits themselves."""
+import io
+import os
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import checkpoint
+import data
+import photo as ph
+from cli import UserError
+from conftest import ROOT
+
+
+
+
+def photograph(digit, g):
+    """An MNIST digit made to look photographed: dark ink on light paper, 3-5x larger, off-centre
+    on a larger page, lit unevenly, with sensor noise."""
+    size = round(28 * (3 + 2 * torch.rand(1, generator=g).item()))
+    ink = Image.fromarray(digit.numpy(), mode="L").resize((size, size), Image.Resampling.BICUBIC)
+    h, w = round(size * 1.7), size * 2
+    page = torch.zeros(h, w)
+    top, left = (int(torch.randint(0, n - size, (1,), generator=g)) for n in (h, w))
+    ink = torch.frombuffer(bytearray(ink.tobytes()), dtype=torch.uint8).view(size, size)
+    page[top:top + size, left:left + size] = ink / 255
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    paper = 0.95 - 0.35 * (0.6 * xx + 0.4 * yy)  # the light falls off across the page
+    image = paper * (1 - 0.8 * page) + 0.04 * torch.randn(h, w, generator=g)
+    return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+
+
+def encoded(image, fmt):
+    buf = io.BytesIO()
+    image.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    buf.seek(0)
+    return buf
+
+
+def drawn(digit):
+    """A digit drawn with PIL: dark blue ink on off-white paper, in colour."""
+    image = Image.new("RGB", (240, 320), (235, 232, 220))
+    pen = {"fill": (30, 30, 60), "width": 18}
+    d = ImageDraw.Draw(image)
+    if digit == 0:
+        d.ellipse([70, 60, 170, 260], outline=pen["fill"], width=pen["width"])
+    elif digit == 1:
+        d.line([(130, 60), (120, 260)], **pen)
+    elif digit == 3:
+        d.arc([70, 60, 170, 160], 210, 90, **pen)
+        d.arc([70, 160, 170, 260], 270, 150, **pen)
+    elif digit == 4:
+        d.line([(140, 260), (140, 60), (60, 190), (190, 190)], joint="curve", **pen)
+    elif digit == 7:
+        d.line([(60, 70), (180, 70), (100, 260)], joint="curve", **pen)
+    return image
+
+
+def read(source):
+    """read_digit's (28x28 image, tensor) for a path or a BytesIO."""
+    small, x, _ = ph.read_digit(source.getvalue() if isinstance(source, io.BytesIO) else str(source))
+    return small, x
+
+
+def trained_model(real_run):
+    out, _ = real_run
+    return checkpoint.model_from(checkpoint.load(str(out / "model.pt")), "model.pt").eval()
+
+
+def ink_box_and_centre(x):
+    """(longest side of the ink's bounding box, centre of mass (y, x)) of a (28, 28) image."""
+    rows, cols = (x > 0).any(1).nonzero(), (x > 0).any(0).nonzero()
+    side = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1).item()
+    r = torch.arange(28, dtype=torch.float32)
+    return side, ((x.sum(1) * r).sum() / x.sum()).item(), ((x.sum(0) * r).sum() / x.sum()).item()
+
+
+def test_output_is_mnist_shaped_whatever_the_polarity():
+    bar = Image.new("L", (300, 400), 230)
+    ImageDraw.Draw(bar).line([(100, 50), (200, 350)], fill=20, width=25)
+    inverted = Image.eval(bar, lambda v: 255 - v)
+    small, x = read(encoded(bar, "PNG"))
+    assert small.size == (28, 28) and x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert torch.equal(x, read(encoded(inverted, "PNG"))[1])
+    side, cy, cx = ink_box_and_centre(x[0])
+    assert side == 20 and abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5  # as MNIST: 20x20 box, centre of mass
+    assert x.max() >= 0.9 and x[0, 0, 0] == 0.0  # white ink on black
+    dim = Image.eval(bar, lambda v: v * 100 // 255)  # grey paper in poor light: still dark on light
+    _, x_dim = read(encoded(dim, "PNG"))
+    assert torch.cosine_similarity(x.flatten(), x_dim.flatten(), dim=0) > 0.95
+
+
+def test_transparent_background_counts_as_paper():
+    image = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(image).line([(100, 30), (100, 170)], fill=(0, 0, 0, 255), width=16)
+    _, x = read(encoded(image, "PNG"))
+    assert ink_box_and_centre(x[0])[0] == 20
+
+
+def test_blank_or_unreadable_input_is_refused(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 300), torch.linspace(0, 1, 200), indexing="ij")
+    for sigma in (0.02, 0.04, 0.08):  # lit unevenly, with sensor noise, and no ink at all
+        blank = (0.9 - 0.3 * xx + sigma * torch.randn(300, 200, generator=g)).clamp(0, 1)
+        Image.fromarray((blank * 255).to(torch.uint8).numpy()).save(tmp_path / f"blank{sigma}.png")
+        with pytest.raises(UserError, match="no digit found"):
+            read(tmp_path / f"blank{sigma}.png")
+    Image.new("L", (50, 50), 255).save(tmp_path / "white.png")
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name, message in [("white.png", "no digit found"), ("text.png", "not an image"),
+                          ("empty.jpg", "not an image"), ("missing.png", "no such file")]:
+        with pytest.raises(UserError, match=message):
+            read(tmp_path / name)
+
+
+def test_photos_come_back_close_to_the_original_digits(real_mnist):
+    test_set = data.load_mnist(real_mnist, train=False)
+    g = torch.Generator().manual_seed(0)
+    for fmt in ("PNG", "JPEG"):
+        similarity = []
+        for i in range(100):
+            _, x = read(encoded(photograph(test_set.data[i], g), fmt))
+            original = test_set.data[i].float() / 255
+            similarity.append(torch.cosine_similarity(x.flatten(), original.flatten(), dim=0))
+        # Measured on these 100 photos: mean cosine similarity 0.954 PNG, 0.951 JPEG (10th percentile 0.86).
+        assert torch.stack(similarity).mean() >= 0.93, fmt
+
+
+def test_model_reads_photos_about_as_well_as_the_originals(real_run, real_mnist):
+    model = trained_model(real_run)
+    test_set = data.load_mnist(real_mnist, train=False)
+    g = torch.Generator().manual_seed(1)
+    n, right = 200, {"original": 0, "PNG": 0, "JPEG": 0}
+    with torch.no_grad():
+        for i in range(n):
+            digit, label = test_set.data[i], test_set.targets[i].item()
+            right["original"] += model(digit.float()[None] / 255).argmax().item() == label
+            picture = photograph(digit, g)
+            for fmt in ("PNG", "JPEG"):
+                right[fmt] += model(read(encoded(picture, fmt))[1]).argmax().item() == label
+    # Measured with the 10-epoch model on these 200 digits: originals 182, PNG photos 188, JPEG 187.
+    assert right["PNG"] >= right["original"] - 0.05 * n and right["JPEG"] >= right["original"] - 0.05 * n, right
+
+
+def test_model_reads_digits_drawn_with_pil(real_run):
+    model = trained_model(real_run)
+    with torch.no_grad():
+        predicted = {d: model(read(encoded(drawn(d), "PNG"))[1]).argmax().item()
+                     for d in (0, 1, 3, 4, 7)}
+    # Measured with the 10-epoch model: 5 of 5 right, 0 and 4 with the least confidence (0.37, 0.31).
+    assert sum(d == p for d, p in predicted.items()) >= 4, predicted
+
+
+def digit_on(page, box, width, ink, digit):
+    """Draw a 2 or a 3 into box on a PIL page, with a pen of that width and shade."""
+    d = ImageDraw.Draw(page)
+    x0, y0, x1, y1 = box
+    at = lambda fx, fy: (x0 + fx * (x1 - x0), y0 + fy * (y1 - y0))  # noqa: E731
+    if digit == 3:
+        d.arc([*at(0.15, 0.0), *at(0.85, 0.5)], 200, 90, fill=ink, width=width)
+        d.arc([*at(0.15, 0.5), *at(0.85, 1.0)], 270, 160, fill=ink, width=width)
+    else:
+        d.arc([*at(0.15, 0.0), *at(0.85, 0.55)], 180, 40, fill=ink, width=width)
+        d.line([at(0.8, 0.4), at(0.15, 1.0), at(0.9, 1.0)], fill=ink, width=width, joint="curve")
+    return page
+
+
+def with_noise(image, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.from_numpy(np.array(image)).float() + 6 * torch.randn(image.size[::-1], generator=g)
+    return Image.fromarray(values.clamp(0, 255).to(torch.uint8).numpy())
+
+
+def cosine(a, b):
+    return torch.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+def test_paper_on_a_dark_desk_is_read_as_paper():
+    sheet = digit_on(Image.new("L", (600, 800), 225), (150, 150, 450, 650), 36, 40, 3)
+    desk = Image.new("L", (1000, 1100), 30)
+    desk.paste(sheet, (200, 150))
+    _, on_paper = read(encoded(with_noise(sheet), "PNG"))
+    _, on_desk = read(encoded(with_noise(desk), "PNG"))
+    # Measured: 0.995; the rule of before (the image's edge is paper) read the desk as paper: 0.48.
+    assert cosine(on_paper, on_desk) > 0.9
+    assert on_desk[0, :, :3].max() == 0 and on_desk[0, :, -3:].max() == 0  # no paper edges left as strokes
+
+
+def test_a_thin_light_pencil_line_is_kept():
+    marker = digit_on(Image.new("L", (1200, 1600), 230), (300, 300, 900, 1300), 70, 30, 2)
+    pencil = digit_on(Image.new("L", (1200, 1600), 230), (300, 300, 900, 1300), 4, 160, 2)
+    _, bold = read(encoded(with_noise(marker), "PNG"))
+    _, thin = read(encoded(with_noise(pencil), "PNG"))
+    # Measured: similarity 0.65, brightest pixel 0.996, 54 pixels of ink against the marker's 55;
+    # before, the pencil came out faint: brightest 0.17, no pixel above 0.5.
+    assert cosine(bold, thin) > 0.55 and thin.max() >= 0.95 and (thin > 0.5).sum() >= 0.7 * (bold > 0.5).sum()
+
+
+def test_16_bit_scans_keep_their_range():
+    page = digit_on(Image.new("L", (300, 400), 225), (75, 75, 225, 325), 18, 40, 3)
+    wide = Image.fromarray(np.array(page).astype(np.uint16) * 257)  # the same shades in 16 bits
+    assert wide.mode.startswith("I;16")
+    _, eight = read(encoded(page, "PNG"))
+    _, sixteen = read(encoded(wide, "PNG"))
+    assert cosine(eight, sixteen) > 0.99
+
+
+def test_animated_images_say_the_first_frame_is_read():
+    frames = [digit_on(Image.new("L", (200, 260), 225), (50, 50, 150, 210), 12, 40, 3), Image.new("L", (200, 260), 0)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    small, x, note = ph.read_digit(buffer.getvalue())
+    assert note == "the first of its 2 frames was read" and x.max() > 0.9
+
+
+def test_a_fifo_is_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    done = []
+    reader = threading.Thread(target=lambda: done.append(pytest.raises(UserError, ph.read_digit, str(fifo))))
+    reader.start()
+    reader.join(timeout=10)
+    assert done and "not a regular file" in str(done[0].value)
+
+
+def huge_png(path, side=13300):
+    """A white side x side RGBA PNG with a black bar, written row by row: 726 KB holding 700 MB."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    white, bar = b"\0" + b"\xff" * (4 * side), b"\0" + (b"\xff" * 4 * (side // 2 - 300)
+                                                       + b"\0\0\0\xff" * 600 + b"\xff" * 4 * (side - side // 2 - 300))
+    packer = zlib.compressobj(9)
+    rows = bytearray()
+    for y in range(side):
+        rows += packer.compress(bar if side // 5 < y < 4 * side // 5 else white)
+    rows += packer.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
+                + chunk(b"IDAT", bytes(rows)) + chunk(b"IEND", b""))
+
+
+def peak_mb(*args):
+    proc = subprocess.Popen([sys.executable, "evaluate.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()
+    return usage.ru_maxrss / 1024, proc.stdout.read()
+
+
+def test_a_huge_image_is_read_in_bounded_memory(tmp_path, trained):
+    out, _ = trained
+    huge_png(tmp_path / "huge.png")
+    baseline, _ = peak_mb(out / "model.pt", "--image", os.path.join(ROOT, "docs", "example_seven.png"))
+    peak, stdout = peak_mb(out / "model.pt", "--image", tmp_path / "huge.png")
+    assert f"{tmp_path / 'huge.png'}: " in stdout
+    # Measured: 640 MB above the small image's run, about the decoded image's own 707 MB
+    # (4.2 GB and a MemoryError before).
+    assert peak - baseline < 1024, (peak, baseline)

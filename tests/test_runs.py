@@ -1,0 +1,122 @@
+"""runs.py: a folder per run, never an overwrite, one writer at a time, the newest run found again,
+and writes that fail (full disk, read-only folder, a folder in the way) say so and keep the old file."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cli
+import runs
+from conftest import ROOT, assert_one_line_error, run_script
+
+
+def test_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+    runs.write(str(path), b"new")
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["model.pt"]
+    (tmp_path / "taken").mkdir()  # the rename at the end fails: the temporary file must go too
+    with pytest.raises(cli.UserError, match=r"cannot write .*taken \(Is a directory\); keep out"):
+        runs.write(str(tmp_path / "taken"), b"x", "keep out")
+    assert sorted(os.listdir(tmp_path)) == ["model.pt", "taken"] and path.read_bytes() == b"new"
+
+
+def test_folder_names_say_what_a_learner_varies():
+    assert runs.folder_name({"lr": 0.01, "batch_size": 64, "seed": 0}) == "lr0.01-bs64"
+    assert runs.folder_name({"lr": 0.1, "batch_size": 32, "seed": 3}) == "lr0.1-bs32-seed3"
+    assert runs.folder_name({"lr": 1e-4, "batch_size": 64, "seed": 0}) == "lr0.0001-bs64"
+
+
+def test_two_default_runs_land_in_two_folders_and_evaluate_finds_the_newest(fake_mnist, tmp_path):
+    for _ in range(2):
+        proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 1, "--no-plots", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path / "runs")) == ["lr0.01-bs64", "lr0.01-bs64-2"]
+    assert proc.stdout.startswith("run runs/lr0.01-bs64-2: ")
+    proc = run_script("evaluate.py", "--data-dir", fake_mnist, "--no-plots", cwd=tmp_path)
+    assert proc.stdout.startswith("checkpoint runs/lr0.01-bs64-2/model.pt: 784-64-10 sigmoid, epoch 1"), proc.stderr
+    os.utime(tmp_path / "runs" / "lr0.01-bs64" / "model.pt")  # now the first is the newest
+    proc = run_script("train.py", "--resume", "--data-dir", fake_mnist, "--epochs", 2, "--no-plots", cwd=tmp_path)
+    assert proc.stdout.startswith("resuming runs/lr0.01-bs64/model.pt after epoch 1/2"), proc.stdout + proc.stderr
+    assert torch.load(tmp_path / "runs" / "lr0.01-bs64" / "model.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "runs" / "lr0.01-bs64-2" / "model.pt", weights_only=True)["epoch"] == 1
+
+
+def test_an_occupied_out_is_refused_without_resume(trained, fake_mnist):
+    out, _ = trained
+    before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1)
+    assert_one_line_error(proc, f"{out} already holds a run: pass --resume to continue it, or another --out")
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(fake_mnist, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", "100000",
+                              "--no-plots"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch"):
+                break
+        proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--resume", "--epochs", 200000)
+        assert_one_line_error(proc, f"another train.py (process {first.pid}) is writing into {out}")
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    # the lock went with the process: the folder is free again
+    again = subprocess.Popen([sys.executable, "train.py", "--data-dir", fake_mnist, "--out", out, "--resume",
+                              "--epochs", "200000", "--no-plots"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert again.stdout.readline().startswith("resuming ")
+    again.send_signal(signal.SIGINT)
+    again.communicate(timeout=60)
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(trained, fake_mnist, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    (out / "model.pt.99999.tmp").write_bytes(b"half a checkpoint")
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--resume", "--epochs", 3, "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_a_folder_named_model_pt_is_refused_before_training(fake_mnist, tmp_path):
+    (tmp_path / "run" / "model.pt").mkdir(parents=True)
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "run", "--epochs", 1)
+    assert_one_line_error(proc, f"{tmp_path / 'run' / 'model.pt'} is in the way (not a regular file)")
+    assert "epoch" not in proc.stdout
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(fake_mnist, disk):
+    out = disk(340)  # room for one checkpoint (212 KB) and its history, not for a second beside it
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 3, "--no-plots")
+    line = assert_one_line_error(proc, f"cannot write {out / 'model.pt'} (No space left on device)", "unchanged")
+    assert proc.stdout.splitlines()[-1].startswith("epoch 1/3")
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == 1, line
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+    out = disk(240)  # the checkpoint fits, the picture does not
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1)
+    assert_one_line_error(proc, f"cannot write {out / 'training_curves.png'} (No space left on device)",
+                          f"the run itself is saved in {out / 'model.pt'}")
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == 1
+
+
+def test_evaluate_beside_a_read_only_checkpoint_says_how_to_go_on(trained, fake_mnist, disk, tmp_path):
+    out, _ = trained
+    folder = disk(1024, {"model.pt": (out / "model.pt").read_bytes()})
+    proc = run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist)
+    assert_one_line_error(proc, f"cannot write into {folder}", "pass --no-plots, or --plots-dir DIR")
+    assert "test accuracy" not in proc.stdout  # refused before the work, not after
+    proc = run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--plots-dir", tmp_path / "pics")
+    assert proc.returncode == 0 and sorted(os.listdir(tmp_path / "pics")) == ["confusion_matrix.png", "mistakes.png"]
+    assert run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--no-plots").returncode == 0
+
+
+def test_resume_with_no_run_yet_says_how_to_start(fake_mnist, tmp_path):
+    proc = run_script("train.py", "--resume", "--data-dir", fake_mnist, cwd=tmp_path)
+    assert_one_line_error(proc, f"no run in {tmp_path / 'runs'} yet: train one with python train.py")
