@@ -1,0 +1,83 @@
+"""Compare training runs: a table of what differs and how each did, and one picture of them all.
+
+    python compare.py                          # every run in runs/
+    python compare.py runs/lr0.01-bs64 runs/lr0.1-bs64
+
+Prints one row per run (the settings that differ between the runs, epochs, final and best test
+accuracy, training seconds) and draws runs/compare.png: test accuracy and loss per epoch.
+A folder that is not a run, or holds a damaged checkpoint, is skipped with one line.
+"""
+import cli  # first: Ctrl-C while torch loads ends in one line too
+
+import os
+import sys
+
+import checkpoint
+import plots
+import runs
+from train import RUNS_DIR
+
+SETTINGS = ("arch", "lr", "batch_size", "seed", "loader")  # what a label may name
+
+
+def read_runs(folders):
+    """([(folder, settings, history)], [one line per folder skipped])."""
+    found, skipped = [], []
+    for folder in folders:
+        path = os.path.join(folder, "model.pt")
+        if not os.path.isfile(path):
+            skipped.append(f"skipped {folder}: no model.pt, not a run")
+            continue
+        try:
+            ckpt = checkpoint.load(path)
+        except cli.UserError as e:
+            skipped.append(f"skipped {folder}: {e}")
+            continue
+        history = ckpt["history"]
+        settings = {"arch": ckpt["arch"], "lr": plots.schedule(history, "lr"),
+                    "batch_size": plots.schedule(history, "batch_size"),
+                    "seed": ckpt["config"]["seed"], "loader": ckpt["config"]["loader"]}
+        found.append((folder, settings, history))
+    return found, skipped
+
+
+def labels(found, differing):
+    """What tells each run apart, e.g. 'lr 0.1, batch 32'; the folder's name where that is not enough."""
+    names = {"batch_size": "batch", "arch": ""}
+    said = [", ".join(f"{names.get(k, k)} {s[k]}".strip() for k in differing) for _, s, _ in found]
+    return [text if text and said.count(text) == 1 else f"{os.path.basename(folder)}{': ' + text if text else ''}"
+            for text, (folder, _, _) in zip(said, found)]
+
+
+def table(found, differing):
+    header = ["run"] + [k.replace("_", " ") for k in differing] + ["epochs", "final acc", "best acc", "train s"]
+    rows = [[folder] + [str(settings[k]) for k in differing]
+            + [str(len(history)), f"{history[-1]['test_acc']:.2f}%", f"{max(h['test_acc'] for h in history):.2f}%",
+               f"{sum(h['seconds'] for h in history):.1f}"] for folder, settings, history in found]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
+
+
+def main(argv=None):
+    p = cli.ArgumentParser(description="Compare training runs in a table and one picture.")
+    p.add_argument("runs", nargs="*", metavar="RUN", help=f"run folders (default: every folder in {RUNS_DIR}/)")
+    p.add_argument("--out", default=os.path.join(RUNS_DIR, "compare.png"), help="where to draw the picture")
+    args = p.parse_args(argv)
+    folders = args.runs
+    if not folders and os.path.isdir(RUNS_DIR):
+        folders = sorted(os.path.join(RUNS_DIR, name) for name in os.listdir(RUNS_DIR)
+                         if os.path.isdir(os.path.join(RUNS_DIR, name)))
+    found, skipped = read_runs(folders)
+    for line in skipped:
+        print(line, file=sys.stderr)
+    if not found:
+        raise cli.UserError(f"no runs to compare in {', '.join(args.runs) or os.path.abspath(RUNS_DIR)}: "
+                            "train some with python train.py")
+    differing = [k for k in SETTINGS if len({str(s[k]) for _, s, _ in found}) > 1]
+    print(table(found, differing))
+    runs.write(args.out, plots.compare(list(zip(labels(found, differing), [h for _, _, h in found]))))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
