@@ -1,0 +1,139 @@
+"""Draw a digit in the browser and watch the network answer.
+
+    python draw.py                      # the newest run's model.pt, on http://127.0.0.1:8000/
+    python draw.py runs/lr0.1-bs64/model.pt --port 8080
+
+Serves the page in page/ (plain HTML, CSS and JavaScript) and one endpoint, POST /predict, which
+takes the bytes of an image (the canvas as PNG, or a photo) and answers JSON: the ten
+probabilities, the digit, and the 28x28 image the network saw. It goes through photo.read_digit,
+as evaluate.py --image does, so a drawing and a saved photo of it get the same answer.
+Standard library only: http.server's ThreadingHTTPServer. Ctrl-C stops it.
+"""
+import cli  # first: Ctrl-C while torch loads ends in one line too
+
+import base64
+import ipaddress
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import checkpoint
+import photo
+import runs
+from train import DEVICE, RUNS_DIR, THREADS
+
+HOST = "127.0.0.1"  # loopback: only this machine can reach the page
+PORT = 8000
+MAX_BODY = 4 * 2**20  # bytes; a phone photo is 2-5 MB as JPEG
+MAX_PIXELS = 50_000_000  # a decoded image costs up to 4 bytes a pixel: bounded per request
+AT_ONCE = 2  # images decoded at the same time: memory stays bounded under any load
+TIMEOUT = 10  # seconds a client may take to send its request
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/draw.css": ("draw.css", "text/css; charset=utf-8"),
+         "/draw.js": ("draw.js", "text/javascript; charset=utf-8")}  # what is served: nothing else
+
+
+def predict(model, device, body, slots):
+    """(status, JSON-able dict) for the bytes of an image."""
+    if not body:
+        return 400, {"error": "the request has no image in it"}
+    with slots:
+        try:
+            small, x, note = photo.read_digit(body, MAX_PIXELS)
+        except cli.UserError as e:
+            message = "draw a digit first" if str(e).startswith("no digit found") else str(e)
+            return (413 if "megapixels" in message else 400), {"error": message}
+    probs = photo.classify(model, x, device)
+    return 200, {"digit": int(probs.argmax()), "probabilities": [round(p, 6) for p in probs.tolist()],
+                 "image": "data:image/png;base64," + base64.b64encode(photo.png(small)).decode(), "note": note}
+
+
+def make_server(model, device, host=HOST, port=PORT):
+    """A ThreadingHTTPServer answering the page's files and POST /predict (not started)."""
+    slots = threading.BoundedSemaphore(AT_ONCE)
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = TIMEOUT  # a client that sends half a request is dropped, never waited on forever
+        server_version = "mnist-draw"
+
+        def send(self, status, body, content_type="application/json"):
+            if content_type == "application/json":
+                body = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            name, content_type = FILES.get(self.path.split("?")[0], (None, None))
+            if name is None:
+                return self.send(404, {"error": f"no page at {self.path[:100]}"})
+            with open(os.path.join(PAGE, name), "rb") as f:
+                self.send(200, f.read(), content_type)
+
+        def do_POST(self):
+            if self.path != "/predict":
+                return self.send(404, {"error": f"no endpoint at {self.path[:100]}"})
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                return self.send(411, {"error": "send the image with a Content-Length"})
+            if length > MAX_BODY or length < 0:  # refused before reading a byte of it
+                self.close_connection = True
+                return self.send(413, {"error": f"{length:,} bytes is more than {MAX_BODY // 2**20} MB"})
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                self.close_connection = True
+                return self.send(408, {"error": "the image did not arrive in time"})
+            if len(body) < length:
+                return  # the client went away
+            self.send(*predict(model, device, body, slots))
+
+        def refuse_method(self):
+            self.send(405, {"error": f"{self.command} is not served here: GET the page, POST /predict"})
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = refuse_method
+
+        def log_message(self, format, *args):  # no line per request: the terminal stays readable
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(argv=None):
+    p = cli.ArgumentParser(description="Draw a digit in the browser and watch the network answer.")
+    p.add_argument("checkpoint", nargs="?", help=f"checkpoint file (default: the newest in {RUNS_DIR}/)")
+    p.add_argument("--host", default=HOST, help="address to listen on")
+    p.add_argument("--port", type=cli.int_in(0, 65535), default=PORT, help="port to listen on")
+    p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")
+    args = p.parse_args(argv)
+    cli.set_threads(THREADS)
+    device = cli.device(args.device)
+    path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
+    ckpt = checkpoint.load(path)
+    model = checkpoint.model_from(ckpt, path, device).eval()
+    try:
+        server = make_server(model, device, args.host, args.port)
+    except OSError as e:
+        raise cli.UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+                            "pass another --port or --host") from None
+    host, port = server.server_address[:2]
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"warning: listening on {host}: anyone who can reach this machine can use the page", file=sys.stderr)
+    print(f"model {path}: {ckpt['arch']}, epoch {ckpt['epoch']}, device {device}", flush=True)
+    print(f"open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ in a browser (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("the server stopped") from None
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,185 @@
+"""draw.py over real HTTP on a free loopback port: answers from drawings and real digits, every
+kind of bad request answered with the right status while the server keeps serving, and load."""
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import checkpoint
+import data
+import draw
+import photo
+from conftest import ROOT
+from test_photo import huge_png
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    """A draw.py server in this process, on a free port, with the small two-epoch model."""
+    out, _ = trained
+    yield from serve(out / "model.pt")
+
+
+def serve(path):
+    model = checkpoint.model_from(checkpoint.load(str(path)), str(path)).eval()
+    httpd = draw.make_server(model, torch.device("cpu"), "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], model
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def request(port, method, path, body=None, headers=None):
+    """(status, JSON or bytes) of one request on a new connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(payload) if kind == "application/json" else payload
+
+
+def png(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def stroke_one():
+    """What the page sends for a '1': one vertical black stroke on the white 280x280 canvas."""
+    canvas = Image.new("RGB", (280, 280), "white")
+    ImageDraw.Draw(canvas).line([(140, 50), (136, 230)], fill="black", width=18)
+    return png(canvas)
+
+
+def test_the_page_and_its_files_are_served(server):
+    port, _ = server
+    status, page = request(port, "GET", "/")
+    assert status == 200 and b'<canvas id="pad"' in page and b'src="/draw.js"' in page
+    for name in ("/draw.js", "/draw.css"):
+        status, body = request(port, "GET", name)
+        with open(os.path.join(ROOT, "page", name[1:]), "rb") as f:
+            assert status == 200 and body == f.read()
+
+
+def test_a_prediction_is_the_same_as_evaluate_image_gives(server):
+    port, model = server
+    status, answer = request(port, "POST", "/predict", stroke_one(), {"Content-Type": "image/png"})
+    assert status == 200 and set(answer) == {"digit", "probabilities", "image", "note"}
+    small, x, _ = photo.read_digit(stroke_one())
+    expected = photo.classify(model, x, torch.device("cpu"))
+    assert answer["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert answer["digit"] == expected.argmax().item() and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
+    assert answer["image"] == "data:image/png;base64," + __import__("base64").b64encode(photo.png(small)).decode()
+
+
+def test_drawn_one_and_a_real_test_digit_are_read_right(real_run, real_mnist):
+    out, _ = real_run
+    for port, _ in serve(out / "model.pt"):
+        status, answer = request(port, "POST", "/predict", stroke_one())
+        assert status == 200 and answer["digit"] == 1, answer
+        test_set = data.load_mnist(real_mnist, train=False)
+        digit = Image.fromarray(test_set.data[0].numpy(), mode="L")
+        status, answer = request(port, "POST", "/predict", png(digit))
+        assert status == 200 and answer["digit"] == test_set.targets[0].item() == 7, answer
+
+
+@pytest.mark.parametrize("method, path, body, headers, status, message", [
+    ("POST", "/predict", b"", {}, 400, "no image"),
+    ("POST", "/predict", b"hello, not an image", {}, 400, "not an image that PIL can read"),
+    ("POST", "/predict", png(Image.new("RGB", (280, 280), "white")), {}, 400, "draw a digit first"),
+    ("PUT", "/predict", b"x", {}, 405, "PUT is not served here"),
+    ("DELETE", "/", None, {}, 405, "DELETE is not served here"),
+    ("GET", "/nothing", None, {}, 404, "no page at /nothing"),
+    ("GET", "/../README.md", None, {}, 404, "no page at"),
+    ("GET", "/draw.js/../../train.py", None, {}, 404, "no page at"),
+    ("POST", "/elsewhere", b"x", {}, 404, "no endpoint at /elsewhere"),
+])
+def test_bad_requests_get_their_status_and_the_server_goes_on(server, method, path, body, headers, status, message):
+    port, _ = server
+    got, answer = request(port, method, path, body, headers)
+    assert got == status and message in answer["error"], answer
+    assert request(port, "POST", "/predict", stroke_one())[0] == 200
+
+
+def test_a_20_mb_body_is_refused_by_its_length_before_it_is_sent(server):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20971520\r\n\r\n")  # and no body
+        reply = b""
+        while chunk := s.recv(65536):  # the server answers and closes without waiting for the body
+            reply += chunk
+        reply = reply.decode()
+    assert reply.startswith("HTTP/1.0 413 ") and "is more than 4 MB" in reply
+    assert request(port, "POST", "/predict", stroke_one())[0] == 200
+
+
+def test_a_decompression_bomb_is_refused(server, tmp_path):
+    port, _ = server
+    huge_png(tmp_path / "bomb.png", side=8000)  # 64 megapixels in 200 KB
+    status, answer = request(port, "POST", "/predict", (tmp_path / "bomb.png").read_bytes())
+    assert status == 413 and "is more than this reads (50 megapixels)" in answer["error"]
+
+
+def test_a_slow_client_does_not_hold_up_the_others(server, monkeypatch):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        slow.sendall(b"POST /predict HTTP/1.1\r\nContent-")  # half a request, then nothing
+        start = time.perf_counter()
+        assert request(port, "POST", "/predict", stroke_one())[0] == 200
+        assert time.perf_counter() - start < 5
+        slow.settimeout(draw.TIMEOUT + 10)
+        assert slow.recv(100) == b""  # dropped after draw.TIMEOUT seconds, not kept forever
+
+
+def test_50_concurrent_requests_are_all_answered(server):
+    port, _ = server
+    body = stroke_one()
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda _: request(port, "POST", "/predict", body), range(50)))
+    assert [status for status, _ in results] == [200] * 50
+    assert len({json.dumps(answer["probabilities"]) for _, answer in results}) == 1
+
+
+def test_the_command_prints_the_address_and_stops_on_ctrl_c(trained):
+    out, _ = trained
+    proc = subprocess.Popen([sys.executable, "draw.py", str(out / "model.pt"), "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(f"model {out / 'model.pt'}: 784-64-10 sigmoid")
+    line = proc.stdout.readline()
+    assert line.startswith("open http://127.0.0.1:") and line.endswith("/ in a browser (Ctrl-C stops)\n")
+    port = int(line.split(":")[2].split("/")[0])
+    assert request(port, "GET", "/")[0] == 200
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and stderr.strip() == "interrupted (SIGINT): the server stopped"
+
+
+def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, server):
+    out, _ = trained
+    port, _ = server
+    proc = subprocess.run([sys.executable, "draw.py", str(out / "model.pt"), "--port", str(port)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert len(proc.stderr.splitlines()) == 1
+    proc = subprocess.Popen([sys.executable, "draw.py", str(out / "model.pt"), "--host", "0.0.0.0", "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert stderr.splitlines()[0] == ("warning: listening on 0.0.0.0: anyone who can reach this machine "
+                                      "can use the page")

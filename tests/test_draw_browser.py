@@ -1,0 +1,76 @@
+"""The draw page in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by
+Selenium with the system chromedriver, nothing downloaded) draws a 7 with pointer events and must
+show a digit and ten bars, with no errors in the console. Skips without Chromium, except under CI.
+
+SCREENSHOT=docs/draw.png python -m pytest tests/test_draw_browser.py also writes the picture
+the README shows.
+"""
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from test_draw import serve
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        selenium_missing = "selenium is not installed (pip install -r requirements-dev.txt)"
+    else:
+        selenium_missing = None
+    missing = selenium_missing or (None if CHROMIUM and CHROMEDRIVER else
+                                   "no Chromium here (apt-get install chromium chromium-driver)")
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser test: {missing}")
+        pytest.skip(missing)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=920,700", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out, _ = real_run
+    for port, _ in serve(out / "model.pt"):
+        browser.get(f"http://127.0.0.1:{port}/")
+        pad = browser.find_element(By.ID, "pad")
+        assert browser.find_element(By.ID, "digit").text == "?"
+        # a 7: a bar along the top, then down to the left; offsets from the canvas's centre
+        strokes = ActionChains(browser).move_to_element_with_offset(pad, -70, -90).click_and_hold()
+        for dx, dy in ((-30, -90), (10, -90), (50, -90), (70, -90), (50, -30), (30, 30), (10, 90)):
+            strokes.move_to_element_with_offset(pad, dx, dy)
+        strokes.release().perform()
+        WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "digit").text != "?")
+        WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "seen").get_attribute("src"))
+        assert browser.find_element(By.ID, "digit").text == "7"
+        percents = [float(e.text.rstrip("%")) for e in browser.find_elements(By.CSS_SELECTOR, "#bars .pct")]
+        assert len(percents) == 10 and abs(sum(percents) - 100) < 1 and max(percents) == percents[7]
+        widths = [e.size["width"] for e in browser.find_elements(By.CSS_SELECTOR, "#bars .bar")]
+        assert widths.index(max(widths)) == 7 and max(widths) > 0
+        browser.save_screenshot(str(tmp_path / "draw.png"))
+        if os.environ.get("SCREENSHOT"):
+            browser.save_screenshot(os.environ["SCREENSHOT"])
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        browser.find_element(By.ID, "clear").click()
+        assert browser.find_element(By.ID, "digit").text == "?"
