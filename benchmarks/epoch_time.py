@@ -1,11 +1,17 @@
-"""Epoch time of the classic loader, the fast loader, and the bare training step (the floor).
+"""Epoch time of the fast loader and of the bare training step (the floor) for each CPU thread count,
+on the machine as it is and with competing busy processes; and the classic loader, for comparison.
 
-    python benchmarks/epoch_time.py [--data-dir DIR] [--device cpu] [--rounds 3]
+    python benchmarks/epoch_time.py [--data-dir DIR] [--device cpu] [--rounds 5]
 
-All three run in this one process, interleaved round by round, from the same initial weights,
-so a slower or busier machine moves them together. The ratios use each one's fastest round:
-on a shared machine the slower rounds measure the neighbours (timeit's advice); the medians
-are printed too. The floor is train.py's own train_one_epoch over batches sliced beforehand.
+Everything runs in this one process, interleaved round by round, from the same initial weights:
+in each round, each condition (idle: the machine as it is; busy: one spinning process per spare
+core, started and stopped by this script) times every thread count. The floor is train.py's own
+train_one_epoch over batches sliced beforehand. It prints each one's fastest and median epoch and
+checks the targets of the thread policy (train.THREADS).
+
+Why the threads matter: the matrices are small (64x784 by 784x64), so a second intra-op thread
+gains little on an idle machine, and when another process takes a core every parallel region
+waits for a thread the OS has descheduled.
 """
 import argparse
 import os
@@ -16,25 +22,22 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402
+import competition  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 from model import Net  # noqa: E402
 
 ROUNDS = 5  # interleaved repetitions
-BATCH_SIZE = train.BATCH_SIZE
-SEED = train.SEED
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_epoch(batches, init_state, device):
     model = Net().to(device)
     model.load_state_dict(init_state)
     optimizer = torch.optim.SGD(model.parameters(), lr=train.LEARNING_RATE)
-    sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     train.train_one_epoch(model, batches, optimizer, device)  # ends in .item(): synchronised
     return time.perf_counter() - start
@@ -42,40 +45,58 @@ def time_epoch(batches, init_state, device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=train.DATA_DIR,
-                   help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
+    p.add_argument("--data-dir", default=train.DATA_DIR, help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--rounds", type=int, default=ROUNDS, help=f"interleaved rounds (default: {ROUNDS})")
     args = p.parse_args()
     try:
-        device = train.resolve_device(args.device)
+        device = cli.device(args.device)
         train_set = data.load_mnist(args.data_dir, train=True)
-    except (train.ConfigError, data.DataError) as e:
+    except cli.UserError as e:
         sys.exit(f"error: {e}")
 
     def loader(kind):
-        return data.make_loader(train_set, BATCH_SIZE, True, torch.Generator().manual_seed(SEED), kind, device)
+        return data.make_loader(train_set, train.BATCH_SIZE, True, torch.Generator().manual_seed(train.SEED), kind, device)
 
     floor_batches = [(x.to(device), y.to(device)) for x, y in loader("fast")]
-    torch.manual_seed(SEED)
+    torch.manual_seed(train.SEED)
     init_state = Net().state_dict()
+    thread_counts = sorted({1, train.THREADS, os.cpu_count() or 1})
+    conditions = {"idle": 0, "busy": competition.spare_cores()}
+    times = {(c, t, kind): [] for c in conditions for t in thread_counts for kind in ("fast", "floor")}
+    times["classic"] = []
     time_epoch(floor_batches, init_state, device)  # warm-up: first-call allocations, kernels
-    times = {"classic": [], "fast": [], "floor": []}
     for r in range(args.rounds):
-        times["classic"].append(time_epoch(loader("classic"), init_state, device))
-        times["fast"].append(time_epoch(loader("fast"), init_state, device))
-        times["floor"].append(time_epoch(floor_batches, init_state, device))
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
+        for condition, processes in conditions.items():
+            with competition.busy(processes):
+                for threads in thread_counts:
+                    torch.set_num_threads(threads)
+                    times[condition, threads, "fast"].append(time_epoch(loader("fast"), init_state, device))
+                    times[condition, threads, "floor"].append(time_epoch(floor_batches, init_state, device))
+                if condition == "idle":
+                    torch.set_num_threads(train.THREADS)
+                    times["classic"].append(time_epoch(loader("classic"), init_state, device))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
-    print(f"\ndevice {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {BATCH_SIZE}, {len(floor_batches)} batches/epoch, {args.rounds} rounds")
-    for label, t in (("fastest", best), ("median", med)):
-        print(f"{label:8s} epoch seconds: classic {t['classic']:.3f}  fast {t['fast']:.3f}  floor {t['floor']:.3f}"
-              f"   classic/fast {t['classic'] / t['fast']:.2f}  fast/floor {t['fast'] / t['floor']:.3f}")
-    print(f"targets: classic/fast >= 5 ({best['classic'] / best['fast']:.2f}), "
-          f"fast/floor <= 1.15 ({best['fast'] / best['floor']:.3f})")
+    print(f"\ndevice {device} ({name}), torch {torch.__version__}, batch {train.BATCH_SIZE}, "
+          f"{len(floor_batches)} batches/epoch, {args.rounds} rounds, busy = {conditions['busy']} spinning process(es)")
+    print("condition  threads   fast: fastest  median   floor: fastest  median   (seconds per epoch)")
+    for condition in conditions:
+        for t in thread_counts:
+            print(f"{condition:9s}  {t:7d}   {best[condition, t, 'fast']:13.3f}  {med[condition, t, 'fast']:6.3f}"
+                  f"   {best[condition, t, 'floor']:14.3f}  {med[condition, t, 'floor']:6.3f}")
+    print(f"classic loader, idle, {train.THREADS} thread(s): fastest {best['classic']:.3f}  median {med['classic']:.3f}")
+    t = train.THREADS
+    busy_vs_idle = med["busy", t, "fast"] / med["idle", t, "fast"]
+    vs_best = med["idle", t, "fast"] / min(med["idle", n, "fast"] for n in thread_counts)
+    print(f"\ntargets with THREADS = {t}:")
+    print(f"  busy median / idle median        {busy_vs_idle:6.2f}  (<= 1.5)")
+    print(f"  idle median / best thread count  {vs_best:6.2f}  (<= 1.10)")
+    print(f"  classic / fast (idle, fastest)   {best['classic'] / best['idle', t, 'fast']:6.2f}  (>= 5)")
+    print(f"  fast / floor (idle, fastest)     {best['idle', t, 'fast'] / best['idle', t, 'floor']:6.3f}  (<= 1.15)")
 
 
 if __name__ == "__main__":
