@@ -126,7 +126,9 @@ def run(main):
     except UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt as e:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line short
+        for s in STOP_SIGNALS:  # ignored from here to the exit: a second Ctrl-C must not cut this short
+            previous[s] = signal.SIG_IGN
+            signal.signal(s, signal.SIG_IGN)
         said = f": {e}" if str(e) else ""
         print(f"\ninterrupted ({signal.Signals(run.signal).name}){said}", file=sys.stderr)
         sys.exit(128 + run.signal)

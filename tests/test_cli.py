@@ -99,3 +99,18 @@ def test_a_closed_pipe_ends_quietly(trained, fake_mnist):
     proc = subprocess.run(["bash", "-c", command + "; exit ${PIPESTATUS[0]}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.stderr == "" and proc.returncode == 1
+
+
+def test_a_second_ctrl_c_is_one_line_too(fake_mnist, tmp_path):
+    proc = subprocess.Popen([sys.executable, "train.py", "--data-dir", fake_mnist, "--out", tmp_path / "run",
+                             "--epochs", "100000", "--no-plots"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch"):
+            break
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted (SIGINT)")
