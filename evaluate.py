@@ -6,7 +6,6 @@
 
 Prints the test loss and accuracy (train.py's own evaluate), per-digit recall, precision and F1,
 and the confusion matrix; draws confusion_matrix.png and mistakes.png beside the checkpoint.
-With --image it classifies your own photos or drawings of digits instead (see photo.py).
 """
 import cli  # first: Ctrl-C while torch loads ends in one line too
 
@@ -50,21 +49,21 @@ def format_report(loss, confusion):
 
 
 def evaluate_keeping(model, loader, device):
-    """train.py's evaluate, keeping the images, labels and probabilities of the same single pass."""
-    images, labels, logits = [], [], []
+    """train.py's evaluate, keeping the images, labels and probabilities of that same single pass."""
+    kept = []  # [images, labels, logits] of each batch
 
-    def kept(batches):
-        for x, y in batches:
-            images.append(x.cpu())
-            labels.append(y.cpu())
+    def batches():
+        for x, y in loader:
+            kept.append([x.cpu(), y.cpu()])
             yield x, y
 
-    hook = model.register_forward_hook(lambda module, inputs, output: logits.append(output.cpu()))
+    hook = model.register_forward_hook(lambda module, inputs, output: kept[-1].append(output.cpu()))
     try:
-        loss, _, confusion = evaluate(model, kept(loader), device)
+        loss, _, confusion = evaluate(model, batches(), device)
     finally:
         hook.remove()
-    return loss, confusion, torch.cat(images), torch.softmax(torch.cat(logits), 1), torch.cat(labels)
+    images, labels, logits = (torch.cat(parts) for parts in zip(*kept))
+    return loss, confusion, images, torch.softmax(logits, 1), labels
 
 
 def parse_args(argv):
@@ -72,7 +71,6 @@ def parse_args(argv):
     p.add_argument("checkpoint", nargs="?", help=f"checkpoint file (default: the newest in {RUNS_DIR}/)")
     p.add_argument("--data-dir", default=DATA_DIR, help="folder that holds MNIST/raw/")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=cli.int_in(1, 1024), default=THREADS, help="CPU threads")
     p.add_argument("--no-plots", action="store_true", help="do not draw confusion_matrix.png and mistakes.png")
     p.add_argument("--plots-dir", metavar="DIR", help="draw the pictures here (default: beside the checkpoint)")
     p.add_argument("--image", nargs="+", metavar="PATH", help="classify these photos or drawings of digits instead")
@@ -85,11 +83,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.save_input is not None and not args.image:
         raise cli.UserError("--save-input goes with --image PATH ...")
-    for path in args.image or []:
-        if path.endswith(".pt"):
-            raise cli.UserError(f"{path} looks like a checkpoint: name it before --image, "
-                                f"as in python evaluate.py {path} --image {args.image[0]}")
-    cli.set_threads(args.threads)
+    for path in [p for p in args.image or [] if p.endswith(".pt")]:
+        raise cli.UserError(f"{path} looks like a checkpoint: name it before --image, as in "
+                            f"python evaluate.py {path} --image {args.image[0]}")
+    cli.set_threads(THREADS)
     device = cli.device(args.device)
     path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
     ckpt = checkpoint.load(path)
@@ -98,15 +95,16 @@ def main(argv=None):
     if args.image:
         return classify_images(model, args.image, device, args.save_input)
     folder = args.plots_dir or os.path.dirname(path) or "."
+    hint = "pass --no-plots, or --plots-dir DIR for the pictures"
     if not args.no_plots:
-        runs.check_writable(folder, "pass --no-plots, or --plots-dir DIR for the pictures")
+        runs.check_writable(folder, hint)
     loader = data.build_test_loader(args.data_dir, device=device)
     loss, confusion, images, probs, labels = evaluate_keeping(model, loader, device)
     print(format_report(loss, confusion))
     if not args.no_plots:
         for name, picture in (("confusion_matrix.png", plots.confusion_matrix(confusion)),
                               ("mistakes.png", plots.mistakes(images, probs, labels))):
-            runs.write(os.path.join(folder, name), picture, "pass --no-plots, or --plots-dir DIR for the pictures")
+            runs.write(os.path.join(folder, name), picture, hint)
             print(f"saved {os.path.join(folder, name)}")
 
 
@@ -127,6 +125,7 @@ def classify_images(model, paths, device, save_dir):
             print(f"  saved what the model saw: {target}")
     if failed:
         raise SystemExit(1)
+
 
 if __name__ == "__main__":
     cli.run(main)

@@ -110,7 +110,7 @@ def main(argv=None):
               "loader": args.loader, "threads": args.threads, "device": str(device)}
     out = runs.prepare(args, explicit, config)
     model_path = os.path.join(out, "model.pt")
-    print(f"run {out}: {architecture(model)}, device {device}, {torch.get_num_threads()} threads, "
+    print(f"run {out}: {architecture(model)}, device {device}, threads {torch.get_num_threads()}, "
           f"loader {args.loader}, {len(train_loader.dataset):,} train / {len(test_loader.dataset):,} test images")
 
     try:

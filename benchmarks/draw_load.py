@@ -54,7 +54,7 @@ def main():
     p.add_argument("--requests", type=int, default=400, help="requests in all (default: 400)")
     args = p.parse_args()
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "draw.py"), args.checkpoint, "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         server.stdout.readline()
         address = server.stdout.readline()

@@ -45,7 +45,8 @@ def time_epoch(batches, init_state, device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=train.DATA_DIR, help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
+    p.add_argument("--data-dir", default=train.DATA_DIR,
+                   help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--rounds", type=int, default=ROUNDS, help=f"interleaved rounds (default: {ROUNDS})")
     args = p.parse_args()
@@ -56,7 +57,8 @@ def main():
         sys.exit(f"error: {e}")
 
     def loader(kind):
-        return data.make_loader(train_set, train.BATCH_SIZE, True, torch.Generator().manual_seed(train.SEED), kind, device)
+        generator = torch.Generator().manual_seed(train.SEED)
+        return data.make_loader(train_set, train.BATCH_SIZE, True, generator, kind, device)
 
     floor_batches = [(x.to(device), y.to(device)) for x, y in loader("fast")]
     torch.manual_seed(train.SEED)
@@ -88,7 +90,8 @@ def main():
         for t in thread_counts:
             print(f"{condition:9s}  {t:7d}   {best[condition, t, 'fast']:13.3f}  {med[condition, t, 'fast']:6.3f}"
                   f"   {best[condition, t, 'floor']:14.3f}  {med[condition, t, 'floor']:6.3f}")
-    print(f"classic loader, idle, {train.THREADS} thread(s): fastest {best['classic']:.3f}  median {med['classic']:.3f}")
+    print(f"classic loader, idle, {train.THREADS} thread(s): "
+          f"fastest {best['classic']:.3f}  median {med['classic']:.3f}")
     t = train.THREADS
     busy_vs_idle = med["busy", t, "fast"] / med["idle", t, "fast"]
     vs_best = med["idle", t, "fast"] / min(med["idle", n, "fast"] for n in thread_counts)

@@ -27,7 +27,8 @@ def peak_rss_mb(*args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=train.DATA_DIR, help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
+    p.add_argument("--data-dir", default=train.DATA_DIR,
+                   help=f"folder that holds MNIST/raw/ (default: {train.DATA_DIR})")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         peaks = {kind: peak_rss_mb("--data-dir", args.data_dir, "--epochs", "1", "--device", "cpu", "--no-plots",

@@ -65,7 +65,8 @@ def test_files_that_are_not_regular_files_are_named(copy, tmp_path, make, messag
 
 def test_a_data_dir_that_is_a_file(fake_mnist, tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    assert f"--data-dir {tmp_path / 'file'} is a file, not a folder" in main_error(train, "--data-dir", tmp_path / "file")
+    line = main_error(train, "--data-dir", tmp_path / "file")
+    assert f"--data-dir {tmp_path / 'file'} is a file, not a folder" in line
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -47,7 +47,8 @@ def test_mistakes_picture_shows_the_picked_images(figures):
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7], [0.95, 0.05]])
     fig = plots.mistakes(images, probs, torch.tensor([0, 0, 0, 1, 1]))
     shown = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in shown] == ["true 1 → 0\n95% sure", "true 0 → 1\n80% sure", "true 0 → 1\n60% sure"]
+    assert [ax.get_title() for ax in shown] == ["true 1 → 0\n95% sure", "true 0 → 1\n80% sure",
+                                                "true 0 → 1\n60% sure"]
     assert torch.equal(torch.tensor(shown[0].images[0].get_array().data), images[4, 0])
     assert fig._suptitle.get_text() == "3 most confident of 3 mistakes on the test set"
 

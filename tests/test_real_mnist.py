@@ -61,9 +61,10 @@ def test_accuracy_does_not_depend_on_the_thread_count(real_mnist, tmp_path):
         out = tmp_path / f"threads{threads}"
         proc = run_script("train.py", "--data-dir", real_mnist, "--out", out, "--epochs", 2, "--threads", threads,
                           "--device", "cpu", "--no-plots")
-        assert proc.returncode == 0 and f"cpu, {threads} threads," in proc.stdout, proc.stderr
+        assert proc.returncode == 0 and f"cpu, threads {threads}," in proc.stdout, proc.stderr
         results[threads] = torch.load(out / "model.pt", weights_only=True)["history"][-1]
-    # Measured after 2 epochs: test accuracy 72.83% with 1 and with 2 threads, test loss equal to
-    # 1e-6 (sums in another order are float noise); allowed: 0.05 points and 1e-4.
+    # Measured with 1 and 2 threads: the same test accuracy at every one of 30 epochs (72.83% at
+    # epoch 2), test losses apart by 5e-8 at most (sums in another order: float noise).
+    # Allowed: 0.05 points and 1e-4.
     assert results[1]["test_acc"] == pytest.approx(results[2]["test_acc"], abs=0.05)
     assert results[1]["test_loss"] == pytest.approx(results[2]["test_loss"], abs=1e-4)

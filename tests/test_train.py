@@ -212,7 +212,7 @@ def test_bad_flags_get_one_line_and_touch_nothing(trained, fake_mnist, flags, me
 
 def test_the_thread_count_is_the_one_the_scripts_run_with(fake_mnist, tmp_path):
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "a", "--epochs", 1, "--no-plots")
-    assert f"cpu, {train.THREADS} threads," in proc.stdout.splitlines()[0]
+    assert f"cpu, threads {train.THREADS}," in proc.stdout.splitlines()[0]
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "b", "--epochs", 1, "--threads", 2)
-    assert "cpu, 2 threads," in proc.stdout.splitlines()[0]
+    assert "cpu, threads 2," in proc.stdout.splitlines()[0]
     assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["config"]["threads"] == 2
