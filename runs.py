@@ -81,11 +81,7 @@ def prepare(args, explicit, config):
     --out names one; a resumed run stays in its checkpoint's folder."""
     exact = args.resume is not None or "out" in explicit
     folder = args.out if exact else new_folder(args.out, folder_name(config))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot make the output folder {os.path.abspath(folder)} ({e.strerror or e}); "
-                        "pass --out DIR") from None
+    check_writable(folder, "pass --out DIR")
     lock(folder)
     for stale in glob.glob(os.path.join(folder, "*.tmp")):  # left by a killed run; we hold the lock now
         os.unlink(stale)
@@ -97,8 +93,6 @@ def prepare(args, explicit, config):
     if args.resume is None and os.path.lexists(os.path.join(folder, "model.pt")):
         raise UserError(f"{os.path.abspath(folder)} already holds a run: pass --resume to continue it, "
                         "or another --out")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write into {os.path.abspath(folder)}; pass --out DIR")
     return folder
 
 

@@ -115,6 +115,8 @@ def test_evaluate_beside_a_read_only_checkpoint_says_how_to_go_on(trained, fake_
     proc = run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--plots-dir", tmp_path / "pics")
     assert proc.returncode == 0 and sorted(os.listdir(tmp_path / "pics")) == ["confusion_matrix.png", "mistakes.png"]
     assert run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--no-plots").returncode == 0
+    proc = run_script("train.py", "--resume", folder / "model.pt", "--data-dir", fake_mnist, "--epochs", 3)
+    assert_one_line_error(proc, f"cannot write into {folder}; pass --out DIR")  # before its lock file, too
 
 
 def test_resume_with_no_run_yet_says_how_to_start(fake_mnist, tmp_path):
