@@ -42,9 +42,12 @@ def predict(model, device, body, slots):
     with slots:
         try:
             small, x, note = photo.read_digit(body, MAX_PIXELS)
+        except photo.NoDigit:
+            return 400, {"error": "draw a digit first"}
+        except photo.TooLarge as e:
+            return 413, {"error": str(e)}
         except cli.UserError as e:
-            message = "draw a digit first" if str(e).startswith("no digit found") else str(e)
-            return (413 if "megapixels" in message else 400), {"error": message}
+            return 400, {"error": str(e)}
     probs = photo.classify(model, x, device)
     return 200, {"digit": int(probs.argmax()), "probabilities": [round(p, 6) for p in probs.tolist()],
                  "image": "data:image/png;base64," + base64.b64encode(photo.png(small)).decode(), "note": note}
@@ -102,7 +105,10 @@ def make_server(model, device, host=HOST, port=PORT):
         def log_message(self, format, *args):  # no line per request: the terminal stays readable
             pass
 
-    return ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the default 5 resets clients when many connect at once
+
+    return Server((host, port), Handler)
 
 
 def main(argv=None):

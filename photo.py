@@ -25,6 +25,14 @@ SMALL_SIDE = 256  # the morphology runs at this size: plenty for a 20x20 result,
 MAX_PIXELS = 180_000_000  # a 13,400 x 13,400 scan; beyond it an image is refused, not decoded
 
 
+class TooLarge(UserError):
+    """More pixels than this reads."""
+
+
+class NoDigit(UserError):
+    """Nothing stands out from the paper."""
+
+
 def read_digit(source, max_pixels=MAX_PIXELS):
     """(28x28 'L' image, its (1, 28, 28) ToTensor tensor, a remark or '') for a path or bytes."""
     gray, note = open_gray(source, max_pixels)
@@ -67,7 +75,7 @@ def open_gray(source, max_pixels=MAX_PIXELS):
         with warnings.catch_warnings(), Image.open(source) as image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit
             if image.width * image.height > max_pixels:
-                raise UserError(f"{image.width}x{image.height} pixels is more than this reads "
+                raise TooLarge(f"{image.width}x{image.height} pixels is more than this reads "
                                 f"({max_pixels / 1e6:.0f} megapixels); scale it down first")
             frames = getattr(image, "n_frames", 1)
             image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
@@ -175,7 +183,7 @@ def mnist_style(x):
     level = x.median()
     contrast = x.max().item() - level.item()
     if contrast < max(0.1, 6 * noise):
-        raise UserError("no digit found: the image is blank or has too little contrast")
+        raise NoDigit("no digit found: the image is blank or has too little contrast")
     x = (((x - level) / contrast - 0.2) / 0.6).clamp(0, 1)  # paper and noise to 0, strokes to white
     x = drop_border_clutter(x)
     rows, cols = (x > 0.5).any(1).nonzero(), (x > 0.5).any(0).nonzero()
