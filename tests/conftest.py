@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -91,6 +92,34 @@ def run_script(script, *args, cwd=None, timeout=300):
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def peak_rss_mb(script, *args):
+    """run_script's run, measured: (peak resident memory in MB, the finished process)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # a few lines: the pipes never fill
+    _, status, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss / 1024, subprocess.CompletedProcess(proc.args, os.waitstatus_to_exitcode(status),
+                                                                stdout, stderr)
+
+
+def huge_png(path, side=13300):
+    """A white side x side RGBA PNG with a black bar, written row by row: 726 KB holding 700 MB."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    white, bar = b"\0" + b"\xff" * (4 * side), b"\0" + (b"\xff" * 4 * (side // 2 - 300)
+                                                       + b"\0\0\0\xff" * 600 + b"\xff" * 4 * (side - side // 2 - 300))
+    packer = zlib.compressobj(9)
+    rows = bytearray()
+    for y in range(side):
+        rows += packer.compress(bar if side // 5 < y < 4 * side // 5 else white)
+    rows += packer.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
+                + chunk(b"IDAT", bytes(rows)) + chunk(b"IEND", b""))
+
+
 
 
 def main_error(module, *args):

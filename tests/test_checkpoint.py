@@ -3,8 +3,6 @@ after unpickling (crafted ones built here, never committed), through the real co
 import io
 import os
 import pickle
-import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -15,7 +13,7 @@ import checkpoint
 import evaluate
 import model
 import train
-from conftest import ROOT, assert_one_line_error, main_error, run_script
+from conftest import ROOT, assert_one_line_error, main_error, peak_rss_mb, run_script
 
 
 @pytest.fixture()
@@ -50,12 +48,6 @@ class Call:
         return self.fn, self.args
 
 
-def peak_rss_mb(*args):
-    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), proc.stderr.read().decode()
-
-
 def test_round_trip_and_what_it_holds(good):
     path, ckpt = good
     loaded = checkpoint.load(str(path))
@@ -82,12 +74,12 @@ def test_memory_bombs_are_refused_before_unpickling(good, tmp_path):
     huge = tmp_path / "huge.pt"
     with open(huge, "wb") as f:
         f.truncate(checkpoint.MAX_BYTES + 1)  # sparse: large, and nothing on disk
-    baseline, _, _ = peak_rss_mb("evaluate.py", tmp_path / "missing.pt")
+    baseline, _ = peak_rss_mb("evaluate.py", tmp_path / "missing.pt")
     for crafted, message in ((bomb, "refused, it would call __builtin__.bytearray, and loading it could run that code"),
                              (inflating, "refused, its archive holds entries that torch.save does not write"),
                              (huge, "larger than any checkpoint train.py writes")):
-        peak, code, stderr = peak_rss_mb("evaluate.py", crafted)
-        assert code == 1 and stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, stderr
+        peak, proc = peak_rss_mb("evaluate.py", crafted)
+        assert_one_line_error(proc, message)
         assert peak - baseline < 100, (crafted.name, peak, baseline)
 
 

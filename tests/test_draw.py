@@ -20,8 +20,7 @@ import checkpoint
 import data
 import draw
 import photo
-from conftest import ROOT
-from test_photo import huge_png
+from conftest import ROOT, huge_png
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,7 @@ strokes kept, odd files (16-bit, animated, huge, FIFOs) read safely; on real dat
 photos of test digits about as well as the digits themselves."""
 import io
 import os
-import struct
-import subprocess
-import sys
 import threading
-import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +14,7 @@ import checkpoint
 import data
 import photo as ph
 from cli import UserError
-from conftest import ROOT
+from conftest import ROOT, huge_png, peak_rss_mb
 
 
 
@@ -233,36 +229,13 @@ def test_a_fifo_is_refused_without_hanging(tmp_path):
     assert done and "not a regular file" in str(done[0].value)
 
 
-def huge_png(path, side=13300):
-    """A white side x side RGBA PNG with a black bar, written row by row: 726 KB holding 700 MB."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    white, bar = b"\0" + b"\xff" * (4 * side), b"\0" + (b"\xff" * 4 * (side // 2 - 300)
-                                                       + b"\0\0\0\xff" * 600 + b"\xff" * 4 * (side - side // 2 - 300))
-    packer = zlib.compressobj(9)
-    rows = bytearray()
-    for y in range(side):
-        rows += packer.compress(bar if side // 5 < y < 4 * side // 5 else white)
-    rows += packer.flush()
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
-                + chunk(b"IDAT", bytes(rows)) + chunk(b"IEND", b""))
-
-
-def peak_mb(*args):
-    proc = subprocess.Popen([sys.executable, "evaluate.py", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()
-    return usage.ru_maxrss / 1024, proc.stdout.read()
-
-
 def test_a_huge_image_is_read_in_bounded_memory(tmp_path, trained):
     out, _ = trained
     huge_png(tmp_path / "huge.png")
-    baseline, _ = peak_mb(out / "model.pt", "--image", os.path.join(ROOT, "docs", "example_seven.png"))
-    peak, stdout = peak_mb(out / "model.pt", "--image", tmp_path / "huge.png")
-    assert f"{tmp_path / 'huge.png'}: " in stdout
+    baseline, proc = peak_rss_mb("evaluate.py", out / "model.pt", "--image", ROOT + "/docs/example_seven.png")
+    assert proc.returncode == 0, proc.stderr
+    peak, proc = peak_rss_mb("evaluate.py", out / "model.pt", "--image", tmp_path / "huge.png")
+    assert proc.returncode == 0 and f"{tmp_path / 'huge.png'}: " in proc.stdout, proc.stderr
     # Measured: 640 MB above the small image's run, about the decoded image's own 707 MB
     # (4.2 GB and a MemoryError before).
     assert peak - baseline < 1024, (peak, baseline)
