@@ -239,3 +239,72 @@ def test_a_huge_image_is_read_in_bounded_memory(tmp_path, trained):
     # Measured: 640 MB above the small image's run, about the decoded image's own 707 MB
     # (4.2 GB and a MemoryError before).
     assert peak - baseline < 1024, (peak, baseline)
+
+
+def test_the_quick_filters_match_torchs_own():
+    """max_filter, median3 and pooled are quicker ways to what torch computes directly; they must
+    give exactly the same numbers, ties and odd shapes included."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1), (1, 6), (7, 3), (30, 41), (256, 256)]:
+        for x in (torch.rand(shape, generator=g), (4 * torch.rand(shape, generator=g)).round()):
+            for size in (1, 3, 5, 9, 33, 51):
+                padded = torch.nn.functional.pad(x[None, None], (size // 2,) * 4, value=-float("inf"))
+                assert torch.equal(ph.max_filter(x, size), torch.nn.functional.max_pool2d(padded, size, 1)[0, 0])
+                assert torch.equal(ph.max_filter(x > 2, size), ph.max_filter((x > 2).float(), size) > 0)
+            edged = torch.nn.functional.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+            assert torch.equal(ph.median3(x), edged.unfold(0, 3, 1).unfold(1, 3, 1).reshape(*shape, 9).median(-1).values)
+            small = ph.fit(shape[::-1], min(17, max(shape)))[::-1]
+            assert torch.equal(ph.pooled(x, small), torch.nn.functional.adaptive_max_pool2d(x[None, None], small)[0, 0])
+
+
+def test_a_solid_block_is_found_in_a_square_twice_as_wide_and_never_in_a_band():
+    for side in (1, 4, 10, 25):
+        for width in range(max(1, side - 2), 2 * side + 2):
+            for top in range(0, 2 * side):
+                square = torch.zeros(300, 300, dtype=torch.bool)
+                square[top: top + width, top + 3: top + 3 + width] = True
+                band = torch.zeros(300, 300, dtype=torch.bool)
+                band[:, top: top + width] = True
+                if width >= 2 * side - 1:
+                    assert ph.solid_block(square, side)
+                if width < side:
+                    assert not ph.solid_block(band, side) and not ph.solid_block(band.T, side)
+
+
+def gray(image):
+    return ph.open_gray(encoded(image, "PNG").getvalue())[0]
+
+
+def test_a_computer_drawing_takes_the_quick_way_and_the_photo_way_agrees():
+    """The page's canvas and drawings made with PIL skip the photo cleanup; run through it anyway,
+    they come out the same. A desk around the paper (even a noiseless one) or a filled blob send
+    an image the photo way (as noise does: the quick way is only tried without it)."""
+    canvas = Image.new("RGBA", (256, 256), "white")  # as the page sends it
+    ImageDraw.Draw(canvas).line([(82, 64), (183, 64), (119, 210)], fill="black", width=16, joint="curve")
+    for image in [canvas] + [drawn(d) for d in (0, 1, 3, 4, 7)]:
+        x = gray(image)
+        size = ph.fit(x.shape[::-1], min(ph.SMALL_SIDE, max(x.shape)))[::-1]
+        quick, thorough = ph.drawn_strokes(x, size), ph.photographed_strokes(x, size, 0.0)
+        assert quick is not None
+        assert cosine(quick, thorough) > 0.99 and (quick - thorough).abs().mean() < 0.01
+    sheet = digit_on(Image.new("L", (300, 400), 225), (75, 75, 225, 325), 18, 40, 3)
+    desk = Image.new("L", (500, 550), 30)
+    desk.paste(sheet, (100, 75))
+    blob = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(blob).ellipse([100, 100, 200, 200], fill=0)
+    for image in (desk, blob):
+        x = gray(image)
+        assert ph.drawn_strokes(x, x.shape) is None
+
+
+def test_a_large_phone_photo_is_turned_upright():
+    """Phones store pixels as the sensor saw them and an EXIF tag for the rotation; large photos are
+    reduced before reading, and the tag must still be obeyed."""
+    page = digit_on(Image.new("L", (2400, 3200), 225), (600, 800, 1800, 2400), 120, 40, 2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    stored = io.BytesIO()
+    page.transpose(Image.Transpose.ROTATE_90).save(stored, "JPEG", quality=90, exif=exif.tobytes())
+    _, upright = read(encoded(page, "JPEG"))
+    _, turned = read(stored)
+    assert cosine(upright, turned) > 0.99
