@@ -60,6 +60,8 @@ def make_server(model, device, host=HOST, port=PORT):
     class Handler(BaseHTTPRequestHandler):
         timeout = TIMEOUT  # a client that sends half a request is dropped, never waited on forever
         server_version = "mnist-draw"
+        protocol_version = "HTTP/1.1"  # keep-alive: the page sends many requests
+        disable_nagle_algorithm = True  # else each answer waits ~40 ms for the client's delayed ACK
 
         def send(self, status, body, content_type="application/json"):
             if content_type == "application/json":
@@ -79,6 +81,8 @@ def make_server(model, device, host=HOST, port=PORT):
                 self.send(200, f.read(), content_type)
 
         def do_POST(self):
+            # Kept alive only once its body is read: unread bytes would pass for the next request.
+            asked_to_close, self.close_connection = self.close_connection, True
             if self.path != "/predict":
                 return self.send(404, {"error": f"no endpoint at {self.path[:100]}"})
             try:
@@ -95,9 +99,11 @@ def make_server(model, device, host=HOST, port=PORT):
                 return self.send(408, {"error": "the image did not arrive in time"})
             if len(body) < length:
                 return  # the client went away
+            self.close_connection = asked_to_close
             self.send(*predict(model, device, body, slots))
 
         def refuse_method(self):
+            self.close_connection = True  # its body, if any, is not read
             self.send(405, {"error": f"{self.command} is not served here: GET the page, POST /predict"})
 
         do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = refuse_method

@@ -57,7 +57,7 @@ for (const type of ["pointerup", "pointercancel"]) {
 }
 function stroke(to) {
   ink.strokeStyle = "black";
-  ink.lineWidth = 18;
+  ink.lineWidth = 16;  // a sixteenth of the canvas: MNIST-like strokes once the digit is 20 pixels tall
   ink.lineCap = ink.lineJoin = "round";
   ink.beginPath();
   ink.moveTo(...(last || to));

@@ -58,9 +58,9 @@ def png(image):
 
 
 def stroke_one():
-    """What the page sends for a '1': one vertical black stroke on the white 280x280 canvas."""
-    canvas = Image.new("RGB", (280, 280), "white")
-    ImageDraw.Draw(canvas).line([(140, 50), (136, 230)], fill="black", width=18)
+    """What the page sends for a '1': one vertical black stroke on the white 256x256 canvas (RGBA)."""
+    canvas = Image.new("RGBA", (256, 256), "white")
+    ImageDraw.Draw(canvas).line([(128, 46), (124, 210)], fill="black", width=16)
     return png(canvas)
 
 
@@ -99,7 +99,7 @@ def test_drawn_one_and_a_real_test_digit_are_read_right(real_run, real_mnist):
 @pytest.mark.parametrize("method, path, body, headers, status, message", [
     ("POST", "/predict", b"", {}, 400, "no image"),
     ("POST", "/predict", b"hello, not an image", {}, 400, "not an image that PIL can read"),
-    ("POST", "/predict", png(Image.new("RGB", (280, 280), "white")), {}, 400, "draw a digit first"),
+    ("POST", "/predict", png(Image.new("RGBA", (256, 256), "white")), {}, 400, "draw a digit first"),
     ("PUT", "/predict", b"x", {}, 405, "PUT is not served here"),
     ("DELETE", "/", None, {}, 405, "DELETE is not served here"),
     ("GET", "/nothing", None, {}, 404, "no page at /nothing"),
@@ -122,7 +122,7 @@ def test_a_20_mb_body_is_refused_by_its_length_before_it_is_sent(server):
         while chunk := s.recv(65536):  # the server answers and closes without waiting for the body
             reply += chunk
         reply = reply.decode()
-    assert reply.startswith("HTTP/1.0 413 ") and "is more than 4 MB" in reply
+    assert reply.startswith("HTTP/1.1 413 ") and "is more than 4 MB" in reply
     assert request(port, "POST", "/predict", stroke_one())[0] == 200
 
 
@@ -142,6 +142,29 @@ def test_a_slow_client_does_not_hold_up_the_others(server, monkeypatch):
         assert time.perf_counter() - start < 5
         slow.settimeout(draw.TIMEOUT + 10)
         assert slow.recv(100) == b""  # dropped after draw.TIMEOUT seconds, not kept forever
+
+
+def test_a_connection_is_kept_for_the_next_drawing(server):
+    """The page sends a request every few strokes: HTTP/1.1 keep-alive, one connection for all."""
+    port, _ = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    answers = []
+    for _ in range(3):
+        connection.request("POST", "/predict", body=stroke_one())
+        response = connection.getresponse()
+        answers.append((response.status, json.loads(response.read())["digit"], connection.sock))
+    connection.close()
+    assert [a[:2] for a in answers] == [(200, answers[0][1])] * 3 and answers[0][2] is answers[2][2] is not None
+
+
+def test_an_unread_body_does_not_pass_for_the_next_request(server):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /nowhere HTTP/1.1\r\nContent-Length: 26\r\n\r\nGET /draw.css HTTP/1.1\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):  # one answer, then the connection is closed
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 404 ") and reply.count(b"HTTP/1.1 ") == 1
 
 
 def test_50_concurrent_requests_are_all_answered(server):
