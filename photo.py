@@ -38,7 +38,7 @@ def read_digit(source, max_pixels=MAX_PIXELS):
     """(28x28 'L' image, its (1, 28, 28) ToTensor tensor, a remark or '') for a path or bytes."""
     gray, note = open_gray(source, max_pixels)
     small = mnist_style(gray)
-    return small, TF.to_tensor(small), note
+    return small, torch.from_numpy(np.asarray(small, dtype=np.float32) / 255)[None], note  # as ToTensor
 
 
 @torch.no_grad()
@@ -184,20 +184,19 @@ def mnist_style(x):
     strokes = drawn_strokes(x, small) if noise == 0 else None
     x = photographed_strokes(x, small, noise) if strokes is None else strokes
     ink = x > 0.5
-    rows, cols = ink.any(1).nonzero(), ink.any(0).nonzero()
-    x = x[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    rows, cols = ink.any(1).tolist(), ink.any(0).tolist()  # the ink's box, as lists: quicker
+    x = x[rows.index(True): len(rows) - rows[::-1].index(True), cols.index(True): len(cols) - cols[::-1].index(True)]
     x = thicken(x)
     h, w = x.shape
     scale = 20 / max(h, w)
     h, w = max(1, round(h * scale)), max(1, round(w * scale))
-    x = TF.resize(x[None], [h, w], antialias=True)[0].clamp(0, 1)
-    ys, xs = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
-    cy, cx = (x.sum(1) * ys).sum() / x.sum(), (x.sum(0) * xs).sum() / x.sum()
-    top, left = round(14 - cy.item()), round(14 - cx.item())  # MNIST's centre of mass is (14, 14)
-    canvas = torch.zeros(28, 28)
+    x = TF.resize(x[None], [h, w], antialias=True)[0].clamp(0, 1).numpy()  # at most 20x20: numpy from here
+    cy, cx = x.sum(1) @ np.arange(h) / x.sum(), x.sum(0) @ np.arange(w) / x.sum()
+    top, left = round(14 - cy), round(14 - cx)  # MNIST's centre of mass is (14, 14)
+    canvas = np.zeros((28, 28), dtype=np.float32)
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, 28), min(left + w, 28)  # clipped to the canvas
     canvas[y0:y1, x0:x1] = x[y0 - top: y1 - top, x0 - left: x1 - left]
-    return Image.fromarray((canvas * 255).round().to(torch.uint8).numpy(), mode="L")
+    return Image.fromarray((canvas * 255).round().astype(np.uint8), mode="L")
 
 
 def drawn_strokes(x, size):

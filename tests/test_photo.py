@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from torchvision import transforms
 
 import checkpoint
 import data
@@ -86,6 +87,7 @@ def test_output_is_mnist_shaped_whatever_the_polarity():
     inverted = Image.eval(bar, lambda v: 255 - v)
     small, x = read(encoded(bar, "PNG"))
     assert small.size == (28, 28) and x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert torch.equal(x, transforms.ToTensor()(small))  # what the network was trained on
     assert torch.equal(x, read(encoded(inverted, "PNG"))[1])
     side, cy, cx = ink_box_and_centre(x[0])
     assert side == 20 and abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5  # as MNIST: 20x20 box, centre of mass
