@@ -91,12 +91,10 @@ def make_server(model, device, host=HOST, port=PORT):
             except ValueError:
                 return self.send(411, {"error": "send the image with a Content-Length"})
             if length > MAX_BODY or length < 0:  # refused before reading a byte of it
-                self.close_connection = True
                 return self.send(413, {"error": f"{length:,} bytes is more than {MAX_BODY // 2**20} MB"})
             try:
                 body = self.rfile.read(length)
             except TimeoutError:
-                self.close_connection = True
                 return self.send(408, {"error": "the image did not arrive in time"})
             if len(body) < length:
                 return  # the client went away

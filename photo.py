@@ -233,7 +233,7 @@ def photographed_strokes(x, size, noise):
     else:
         shade = preview[paper].median()
         paper = F.interpolate(paper[None, None].float(), size=size, mode="nearest")[0, 0].bool()
-        x = torch.where(paper, 1 - -pooled(-x, size), 1 - shade)
+        x = torch.where(paper, 1 + pooled(-x, size), 1 - shade)  # 1 - each block's darkest pixel
     # Uneven lighting and the desk: the background is what survives a grey-level opening with a
     # square wider than any stroke; subtracting it (a white top-hat) leaves the strokes on black.
     x = (x - opening(x, max(size) // 5 | 1)).clamp(min=0)
@@ -296,12 +296,13 @@ def reached_from_edge(mask):
     """The part of a bool mask connected to the image's edge through the mask (8-neighbours)."""
     reached = torch.zeros_like(mask)
     reached[0], reached[-1], reached[:, 0], reached[:, -1] = mask[0], mask[-1], mask[:, 0], mask[:, -1]
-    while reached.any():
+    if not reached.any():  # the usual case: nothing to grow
+        return reached
+    while True:
         grown = max_filter(reached, 3) & mask
         if torch.equal(grown, reached):
-            break
+            return reached
         reached = grown
-    return reached
 
 
 def drop_border_clutter(x):
