@@ -16,6 +16,8 @@ import zipfile
 
 import torch
 
+from torch import nn
+
 from cli import UserError
 from model import Net, architecture
 
@@ -27,6 +29,9 @@ ENTRY = re.compile(r"[^/]+/(data\.pkl|byteorder|version|\.format_version|\.stora
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "lr", "batch_size")
 CONFIG_TYPES = {"epochs": int, "batch_size": int, "lr": float, "seed": int, "loader": str}
 TRAIN_AGAIN = "train a new one with python train.py"
+ARCH = re.compile(r"784-([1-9][0-9]{0,6})-10 ([a-z0-9_]+)")  # what model.architecture writes
+ACTIVATIONS = {cls.__name__.lower(): cls for cls in vars(nn.modules.activation).values()
+               if isinstance(cls, type) and issubclass(cls, nn.Module)}  # by their names in an arch
 
 
 def dumps(ckpt):
@@ -129,36 +134,71 @@ def structure_problem(ckpt):
     return None
 
 
+def network(arch, path):
+    """A Net built as `arch` says ('784-128-10 relu'), whatever model.py's HIDDEN and ACTIVATION are
+    now; UserError if model.py cannot build it (a layer added or removed, say)."""
+    match = ARCH.fullmatch(arch)
+    activation = ACTIVATIONS.get(match[2]) if match else None
+    try:
+        model = Net(int(match[1]), activation) if activation else None
+    except (TypeError, ValueError):
+        model = None
+    if model is None or architecture(model) != arch:
+        raise UserError(not_buildable(path, arch))
+    return model
+
+
+def not_buildable(path, arch, reason=""):
+    return (f"{path} holds a {arch} network, which model.py no longer builds{reason}: to use that run, bring "
+            "back the model.py it was trained with (git log model.py lists its versions; git checkout "
+            "COMMIT -- model.py)")
+
+
 def model_from(ckpt, path, device="cpu"):
-    """A Net holding the checkpoint's weights, if model.py still builds the network they belong to."""
-    model = Net()
-    built = architecture(model)
-    if ckpt["arch"] != built:
-        raise UserError(f"{path} holds a {ckpt['arch']} network, but model.py now builds {built}: "
-                        "evaluate it with the model.py it was trained with, or train a new one")
+    """The network the checkpoint holds, with its weights; it may differ from what model.py builds now."""
+    hidden = ckpt["model"].get("fc1.weight")
+    if hidden is None or hidden.dim() != 2 or f"-{hidden.shape[0]}-" not in ckpt["arch"]:
+        raise UserError(f"{path}: its weights do not fit its {ckpt['arch']} network; {TRAIN_AGAIN}")
+    model = network(ckpt["arch"], path)  # the size was checked first: no huge network from a bad arch
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
         reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: its weights do not fit a {built} network ({reason})") from None
+        raise UserError(not_buildable(path, ckpt["arch"], f" ({reason})")) from None
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UserError(f"{path}: its weights hold NaN or infinite values, so every answer would be "
                         "meaningless; train again with a lower --lr")
     return model.to(device)
 
 
-def restore(ckpt, path, optimizer, generator, lr):
-    """Put the optimizer (at learning rate lr) and the shuffle generator back where the checkpoint
-    left them; returns the history so far, to be continued."""
-    try:
-        groups = ckpt["optimizer"]["param_groups"]
-        if not all(isinstance(g, dict) and isinstance(g.get("lr"), float) for g in groups):
-            raise ValueError
-        optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["generator"])
-    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError):
-        raise UserError(f"{path}: has no usable optimizer or generator state to resume from; "
-                        "evaluate it, or train a new run") from None
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return list(ckpt["history"])
+def describe(ckpt):
+    """'784-64-10 sigmoid', and what model.py builds now when that differs."""
+    built = architecture(Net())
+    return ckpt["arch"] if ckpt["arch"] == built else f"{ckpt['arch']} (model.py now builds {built})"
+
+
+def check_resumable(ckpt, path):
+    """UserError unless training can go on from this checkpoint with model.py as it is now."""
+    built = architecture(Net())
+    if ckpt["arch"] != built:
+        raise UserError(f"{path} holds a {ckpt['arch']} network, but model.py now builds {built}: a run "
+                        "goes on with the network it started with; undo the edit to model.py (git diff "
+                        "model.py shows it) to resume, or leave out --resume to start a new run")
+    model_from(ckpt, path)
+    optimizer, generator = ckpt.get("optimizer"), ckpt.get("generator")
+    if not (plain_sgd(optimizer) and isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8
+            and generator.shape == torch.Generator().get_state().shape):
+        raise UserError(f"{path}: has no usable optimizer or generator state to resume from "
+                        "(the plain SGD train.py builds, and its shuffle); evaluate it, or train a new run")
+
+
+def plain_sgd(state):
+    """Whether `state` is what torch.optim.SGD(Net().parameters(), lr) saves: no momentum, no extras."""
+    reference = torch.optim.SGD(Net().parameters(), lr=1.0).state_dict()
+    if not isinstance(state, dict) or set(state) != set(reference) or state["state"] != {}:
+        return False
+    groups = state["param_groups"]
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)):
+        return False
+    lr = groups[0].get("lr")
+    return {**groups[0], "lr": 1.0} == reference["param_groups"][0] and isinstance(lr, float) and 0 < lr < 3.4e38

@@ -26,10 +26,16 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    def __init__(self, **kwargs):
+    """argparse with one-line errors; `saved_in` names the checkpoint whose settings are the defaults."""
+
+    def __init__(self, saved_in=None, **kwargs):
         super().__init__(formatter_class=HelpFormatter, **kwargs)
+        self.saved_in = saved_in
 
     def error(self, message):  # one line that says what to do, not the whole usage block
+        if self.saved_in:  # the flags passed before: it is a saved setting that failed its check
+            raise UserError(f"{self.saved_in}: a saved setting is not one train.py accepts ({message}); "
+                            "train a new run")
         self.exit(2, f"error: {message}; see python {self.prog} --help\n")
 
 
@@ -43,6 +49,15 @@ def int_in(low, high):
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high:,}")
         return value
+    return parse
+
+
+def one_of(names):
+    """An argparse type: one of these names (unlike choices=, it checks a default given as text too)."""
+    def parse(text):
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(names)}")
+        return text
     return parse
 
 
@@ -84,15 +99,16 @@ def device(name):
     return chosen
 
 
-def set_threads(threads):
-    import torch
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt, so both end alike."""
 
-    torch.set_num_threads(threads)
+    def __init__(self, signum):
+        super().__init__()
+        self.signum = signum
 
 
 def _stop(signum, frame):
-    run.signal = signum
-    raise KeyboardInterrupt
+    raise Stopped(signum)
 
 
 @contextlib.contextmanager
@@ -116,9 +132,8 @@ def _quiet_stdout():
 
 def run(main):
     """Run a script's main() as a command (see the module's docstring)."""
-    run.signal = signal.SIGINT
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s in STOP_SIGNALS[1:]:
+    for s in STOP_SIGNALS[1:]:  # Ctrl-C (SIGINT) raises KeyboardInterrupt already
         signal.signal(s, _stop)
     try:
         main()
@@ -129,9 +144,10 @@ def run(main):
         for s in STOP_SIGNALS:  # ignored from here to the exit: a second Ctrl-C must not cut this short
             previous[s] = signal.SIG_IGN
             signal.signal(s, signal.SIG_IGN)
-        said = f": {e}" if str(e) else ""
-        print(f"\ninterrupted ({signal.Signals(run.signal).name}){said}", file=sys.stderr)
-        sys.exit(128 + run.signal)
+        signum = getattr(e, "signum", signal.SIGINT)
+        said = "; ".join([str(e)] * bool(str(e)) + getattr(e, "__notes__", []))  # what was kept, how to go on
+        print(f"\ninterrupted ({signal.Signals(signum).name}){': ' + said if said else ''}", file=sys.stderr)
+        sys.exit(128 + signum)
     except BrokenPipeError:
         _quiet_stdout()
         sys.exit(1)
@@ -141,7 +157,8 @@ def run(main):
 
 
 def _last_resort(kind, value, traceback):
-    """Ctrl-C before main() runs (torch takes a second or two to load): one line, not a traceback."""
+    """Ctrl-C before main() runs (torch takes a second or two to load): one line, not a traceback.
+    Installed when a script imports this module, which is why each script imports it first."""
     if issubclass(kind, KeyboardInterrupt):
         print("\ninterrupted", file=sys.stderr)
         sys.stderr.flush()

@@ -7,7 +7,7 @@
 Prints the test loss and accuracy (train.py's own evaluate), per-digit recall, precision and F1,
 and the confusion matrix; draws confusion_matrix.png and mistakes.png beside the checkpoint.
 """
-import cli  # first: Ctrl-C while torch loads ends in one line too
+import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
 
 import os
 import sys
@@ -49,21 +49,14 @@ def format_report(loss, confusion):
 
 
 def evaluate_keeping(model, loader, device):
-    """train.py's evaluate, keeping the images, labels and probabilities of that same single pass."""
-    kept = []  # [images, labels, logits] of each batch
-
-    def batches():
-        for x, y in loader:
-            kept.append([x.cpu(), y.cpu()])
-            yield x, y
-
-    hook = model.register_forward_hook(lambda module, inputs, output: kept[-1].append(output.cpu()))
-    try:
-        loss, _, confusion = evaluate(model, batches(), device)
-    finally:
-        hook.remove()
-    images, labels, logits = (torch.cat(parts) for parts in zip(*kept))
-    return loss, confusion, images, torch.softmax(logits, 1), labels
+    """train.py's evaluate, and the images, labels and probabilities the pictures need, from one
+    pass over the test set: its batches are kept, then given to evaluate and to the model again."""
+    batches = list(loader)
+    loss, _, confusion = evaluate(model, batches, device)
+    with torch.no_grad():
+        probs = torch.cat([torch.softmax(model(x.to(device)), dim=1).cpu() for x, _ in batches])
+    images, labels = torch.cat([x for x, _ in batches]).cpu(), torch.cat([y for _, y in batches]).cpu()
+    return loss, confusion, images, probs, labels
 
 
 def parse_args(argv):
@@ -86,12 +79,12 @@ def main(argv=None):
     for path in [p for p in args.image or [] if p.endswith(".pt")]:
         raise cli.UserError(f"{path} looks like a checkpoint: name it before --image, as in "
                             f"python evaluate.py {path} --image {args.image[0]}")
-    cli.set_threads(THREADS)
+    torch.set_num_threads(THREADS)
     device = cli.device(args.device)
     path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
     ckpt = checkpoint.load(path)
     model = checkpoint.model_from(ckpt, path, device)
-    print(f"checkpoint {path}: {ckpt['arch']}, epoch {ckpt['epoch']}, device {device}")
+    print(f"checkpoint {path}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}")
     if args.image:
         return classify_images(model, args.image, device, args.save_input)
     folder = args.plots_dir or os.path.dirname(path) or "."

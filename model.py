@@ -2,20 +2,24 @@
 
     from model import Net
     logits = Net()(images)  # images: (N, 1, 28, 28) or (N, 784)
+
+Edit HIDDEN or ACTIVATION to try another network; runs trained before the edit stay usable, since
+each checkpoint records the network it holds (its `arch`, e.g. '784-64-10 sigmoid').
 """
 from torch import nn
 
 IN_FEATURES = 28 * 28  # one flattened MNIST image
 HIDDEN = 64  # hidden units
+ACTIVATION = nn.Sigmoid  # the hidden units' activation: nn.ReLU, nn.Tanh, ... work too
 CLASSES = 10  # digits 0-9
 
 
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, hidden=HIDDEN, activation=ACTIVATION):
         super().__init__()
-        self.fc1 = nn.Linear(IN_FEATURES, HIDDEN)
-        self.activation = nn.Sigmoid()
-        self.fc2 = nn.Linear(HIDDEN, CLASSES)
+        self.fc1 = nn.Linear(IN_FEATURES, hidden)
+        self.activation = activation()
+        self.fc2 = nn.Linear(hidden, CLASSES)
 
     def forward(self, x):
         # logits, not probabilities: CrossEntropyLoss applies log-softmax itself
@@ -26,4 +30,3 @@ def architecture(model):
     """'784-64-10 sigmoid': layer sizes and activation, read off the model as it is built."""
     sizes = [model.fc1.in_features, model.fc1.out_features, model.fc2.out_features]
     return "-".join(map(str, sizes)) + " " + type(model.activation).__name__.lower()
-

@@ -1,8 +1,9 @@
 """Run folders: one per experiment, written safely, locked while a run writes, found again later.
 
-    runs/lr0.01-bs64/      model.pt  history.json  training_curves.png
-    runs/lr0.1-bs32/       (a run with --lr 0.1 --batch-size 32)
-    runs/lr0.1-bs32-2/     (the same again: a new folder, never an overwrite)
+    runs/lr0.01-bs64/            model.pt  history.json  training_curves.png
+    runs/lr0.1-bs32/             (a run with --lr 0.1 --batch-size 32)
+    runs/lr0.1-bs32-2/           (the same again: a new folder, never an overwrite)
+    runs/h128-relu-lr0.01-bs64/  (after HIDDEN = 128 and ACTIVATION = nn.ReLU in model.py)
 """
 import glob
 import json
@@ -17,12 +18,107 @@ except ImportError:  # Windows: no advisory locks, so two runs into one folder a
 import checkpoint
 from cli import UserError, signals_held
 
-FILES = ("model.pt", "history.json", "training_curves.png")
+RUN_FILES = ("model.pt", "history.json", "training_curves.png")
+STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in the folder
 
 
-def folder_name(config):
-    """'lr0.01-bs64', and '-seed3' for a seed other than 0: what a learner varies, at a glance."""
-    return f"lr{config['lr']:g}-bs{config['batch_size']}" + (f"-seed{config['seed']}" if config["seed"] else "")
+def folder_name(config, arch=STANDARD):
+    """'lr0.01-bs64'; 'h128-relu-' first for another network, '-seed3' for a seed other than 0."""
+    (sizes, activation), (standard_sizes, standard_activation) = arch.split(" "), STANDARD.split(" ")
+    hidden, standard_hidden = sizes.split("-")[1], standard_sizes.split("-")[1]
+    net = (f"h{hidden}-" if hidden != standard_hidden else "") + (f"{activation}-" if activation != standard_activation else "")
+    return net + f"lr{config['lr']:g}-bs{config['batch_size']}" + (f"-seed{config['seed']}" if config["seed"] else "")
+
+
+class Run:
+    """The folder a training run writes into, held while it runs:
+
+        with Run(out, config, arch, exact, continues) as run:
+            run.save(ckpt)                           # model.pt and history.json, whole or not at all
+            run.write("training_curves.png", png_bytes)
+
+    The folder is exactly `out` when `exact` or when the run `continues` a checkpoint, else a new one
+    under `out` named by folder_name. It is made, and locked so that a second train.py cannot write
+    there at once; what a killed run left half-written is removed; another run's files are never
+    written over, only the checkpoint the run continues. Ctrl-C, SIGTERM or SIGHUP inside the block
+    ends with what is saved and the command that goes on.
+    """
+
+    def __init__(self, out, config, arch, exact=False, continues=None):
+        self.folder = out if exact or continues else new_folder(out, folder_name(config, arch))
+        self.model_path = os.path.join(self.folder, "model.pt")
+        self.saved = None  # (epoch, of how many) once this run has saved one
+        check_writable(self.folder, "pass --out DIR")
+        self.lock = lock(self.folder)
+        for stale in glob.glob(os.path.join(self.folder, "*.tmp")):  # a killed run's; we hold the lock now
+            os.unlink(stale)
+        for name in RUN_FILES:
+            path = os.path.join(self.folder, name)
+            if os.path.lexists(path) and not os.path.isfile(path):
+                raise UserError(f"{os.path.abspath(path)} is in the way (not a regular file): "
+                                "move it, or pass another --out")
+        in_place = continues and os.path.isfile(self.model_path) and os.path.samefile(self.model_path, continues)
+        if not in_place and any(os.path.lexists(os.path.join(self.folder, name)) for name in RUN_FILES):
+            where = os.path.abspath(self.folder)
+            raise UserError(f"{where} already holds a run: pass --resume to continue it, or another --out"
+                            if continues is None else f"{where} holds another run's files, which resuming "
+                            f"{continues} would replace: pass --out DIR to continue it in a folder of its own")
+        self.continues = continues
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if self.lock:
+            self.lock.close()  # the lock goes with it: the folder is free again
+        if isinstance(error, KeyboardInterrupt):
+            error.add_note(self.where_to_go_on())
+
+    def where_to_go_on(self):
+        if self.saved:
+            epoch, epochs = self.saved
+            return f"epoch {epoch}/{epochs} is saved in {self.model_path}; continue with: " \
+                + shlex.join(["python", "train.py", "--resume", self.model_path])
+        if self.continues:
+            return f"no epoch had finished, {self.continues} is as it was"
+        return "no epoch had finished, nothing was saved"
+
+    def save(self, ckpt):
+        """model.pt and history.json, written together: a signal waits until both are on disk."""
+        data = checkpoint.dumps(ckpt)
+        history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"
+        with signals_held():
+            write(self.model_path, data)
+            write(os.path.join(self.folder, "history.json"), history)
+        self.saved = ckpt["epoch"], ckpt["config"]["epochs"]
+
+    def write(self, name, data):
+        """Another file of the run's (a picture), written atomically; returns its path."""
+        path = os.path.join(self.folder, name)
+        write(path, data, f"the run itself is saved in {self.model_path}")
+        return path
+
+
+def resume(args, given):
+    """(checkpoint, its path, the folder the run goes on in, one line per setting a flag changes),
+    for --resume [CHECKPOINT] (default: the newest run in --out); refuses what cannot go on."""
+    path = args.resume or newest_checkpoint(args.out)
+    ckpt = checkpoint.load(path)
+    checkpoint.check_resumable(ckpt, path)
+    config = ckpt["config"]
+    if "seed" in given and args.seed != config["seed"]:
+        raise UserError(f"--seed {args.seed}: a resumed run goes on from its own weights and shuffle "
+                        f"(seed {config['seed']}); leave --seed out, or start a new run")
+    epochs = args.epochs if "epochs" in given else config["epochs"]
+    if epochs <= ckpt["epoch"]:
+        raise UserError(f"{path} is at epoch {ckpt['epoch']} already; "
+                        f"pass --epochs N with N > {ckpt['epoch']} to train further")
+    notes = [f"{key.replace('_', ' ')} {config[key]} -> {getattr(args, key)} from epoch {ckpt['epoch'] + 1}"
+             for key in ("lr", "batch_size", "loader", "threads", "device")
+             if key in given and key in config and getattr(args, key) != config[key]]
+    # --resume CHECKPOINT --out DIR goes on in DIR and leaves the checkpoint as it is
+    folder = args.out if args.resume and "out" in given else os.path.dirname(path) or "."
+    return ckpt, path, folder, notes
 
 
 def new_folder(root, name):
@@ -50,58 +146,10 @@ def newest_checkpoint(root):
     return max(found, key=os.path.getmtime)
 
 
-def resume(args, explicit):
-    """Load the checkpoint to continue (the newest run's by default) and take on its settings.
-
-    A flag written on the command line overrides its saved value; returns (checkpoint, what
-    changed, one line each). The run goes on in the checkpoint's folder."""
-    args.resume = args.resume or newest_checkpoint(args.out)
-    ckpt = checkpoint.load(args.resume)
-    config, said = ckpt["config"], []
-    if "seed" in explicit and args.seed != config["seed"]:
-        raise UserError(f"--seed {args.seed}: a resumed run goes on from its own weights and shuffle "
-                        f"(seed {config['seed']}); leave --seed out, or start a new run")
-    for key in ("lr", "batch_size", "loader", "seed", "epochs"):
-        if key not in explicit:
-            setattr(args, key, config[key])
-        elif getattr(args, key) != config[key] and key != "epochs":
-            said.append(f"{key.replace('_', ' ')} {config[key]} -> {getattr(args, key)} "
-                        f"from epoch {ckpt['epoch'] + 1}")
-    if args.epochs <= ckpt["epoch"]:
-        raise UserError(f"{args.resume} is at epoch {ckpt['epoch']} already; "
-                        f"pass --epochs N with N > {ckpt['epoch']} to train further")
-    args.out = os.path.dirname(args.resume) or "."
-    return ckpt, said
-
-
-def prepare(args, explicit, config):
-    """The folder this run writes into, made and locked, with no stale temporary files in it.
-
-    A new run gets a new folder under the runs folder, named by folder_name(config), unless
-    --out names one; a resumed run stays in its checkpoint's folder."""
-    exact = args.resume is not None or "out" in explicit
-    folder = args.out if exact else new_folder(args.out, folder_name(config))
-    check_writable(folder, "pass --out DIR")
-    lock(folder)
-    for stale in glob.glob(os.path.join(folder, "*.tmp")):  # left by a killed run; we hold the lock now
-        os.unlink(stale)
-    for name in FILES:
-        path = os.path.join(folder, name)
-        if os.path.lexists(path) and not os.path.isfile(path):
-            raise UserError(f"{os.path.abspath(path)} is in the way (not a regular file): "
-                            "move it, or pass another --out")
-    if args.resume is None and os.path.lexists(os.path.join(folder, "model.pt")):
-        raise UserError(f"{os.path.abspath(folder)} already holds a run: pass --resume to continue it, "
-                        "or another --out")
-    return folder
-
-
 def lock(folder):
-    """Hold an advisory lock on folder/.lock until this process ends (the OS drops it then)."""
+    """An open file holding an advisory lock on folder/.lock: close it, or end the process, to let go."""
     if fcntl is None:
-        return
-    if getattr(lock, "held", None):  # one run per process: an earlier run's folder is free again
-        lock.held.close()
+        return None
     handle = open(os.path.join(folder, ".lock"), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -113,7 +161,7 @@ def lock(folder):
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
-    lock.held = handle  # kept open for the process's life
+    return handle  # the lock holds while this stays open
 
 
 def write(path, data, hint="the previous file, if any, is unchanged"):
@@ -162,20 +210,3 @@ def unused_name(folder, filename, suffix, taken):
         if path not in taken:
             taken.add(path)
             return path
-
-
-def save_epoch(folder, ckpt):
-    """model.pt and history.json, written together: a signal waits until both are on disk."""
-    data = checkpoint.dumps(ckpt)
-    history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"
-    with signals_held():
-        write(os.path.join(folder, "model.pt"), data)
-        write(os.path.join(folder, "history.json"), history)
-
-
-def resume_command(ckpt_path, data_dir, default_data_dir):
-    """The command that continues this run exactly: the rest comes from its checkpoint."""
-    command = ["python", "train.py", "--resume", ckpt_path]
-    if data_dir != default_data_dir:
-        command += ["--data-dir", data_dir]
-    return shlex.join(command)

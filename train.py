@@ -7,16 +7,14 @@
 After every epoch it saves <run>/model.pt and <run>/history.json; at the end it draws
 <run>/training_curves.png. Evaluate a checkpoint with evaluate.py, compare runs with compare.py.
 """
-import cli  # first: Ctrl-C while torch loads ends in one line too
+import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
 
 import math
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import data
 import plots
 import runs
@@ -75,8 +73,10 @@ def epoch_line(h, epochs):
             f"test loss {h['test_loss']:.4f} acc {h['test_acc']:.2f}%  {h['seconds']:.2f}s")
 
 
-def parse_args(argv):
-    p = cli.ArgumentParser(description=f"Train the {architecture(Net())} MNIST classifier with SGD.")
+def parse_args(argv, saved=None, saved_in=None):
+    """(settings, the flags written on the command line). When resuming, the run's `saved` settings
+    are the defaults, checked as flags are, and only a flag written now overrides one."""
+    p = cli.ArgumentParser(description="Train the MNIST classifier of model.py with plain SGD.", saved_in=saved_in)
     p.add_argument("--epochs", type=cli.int_in(1, 10**6), default=EPOCHS, help="train up to this epoch")
     p.add_argument("--batch-size", type=cli.int_in(1, 2**31 - 1), default=BATCH_SIZE, help="images per step")
     p.add_argument("--lr", type=cli.learning_rate, default=LEARNING_RATE, help="SGD learning rate")
@@ -86,61 +86,62 @@ def parse_args(argv):
     p.add_argument("--out", default=RUNS_DIR, metavar="DIR",
                    help=f"write into exactly DIR (default: a new folder in {RUNS_DIR}/)")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--loader", default=LOADER, choices=data.LOADERS, help="data path")
+    p.add_argument("--loader", default=LOADER, type=cli.one_of(data.LOADERS), help="fast or classic")
     p.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
                    help="continue a run with its own settings (default: the newest run in --out)")
     p.add_argument("--no-plots", action="store_true", help="do not draw training_curves.png")
+    if saved:  # argparse checks a default given as text with the flag's own type
+        p.set_defaults(**{key: str(value) for key, value in saved.items() if p.get_default(key) is not None})
     return p.parse_args(argv), cli.explicit_flags(p, argv)
 
 
 def main(argv=None):
-    args, explicit = parse_args(argv)
-    cli.set_threads(args.threads)
-    device = cli.device(args.device)
+    args, given = parse_args(argv)
     ckpt = None
-    if args.resume is not None:  # its own lr, batch size, seed and loader, unless a flag says otherwise
-        ckpt, changes = runs.resume(args, explicit)
-        print(f"resuming {args.resume} after epoch {ckpt['epoch']}/{args.epochs}", *changes, sep="\n")
+    if args.resume is not None:  # go on with the run's own settings, unless a flag says otherwise
+        ckpt, path, folder, changes = runs.resume(args, given)
+        args, _ = parse_args(argv, saved=ckpt["config"], saved_in=path)
+        args.resume, args.out = path, folder
+        print(f"resuming {path} after epoch {ckpt['epoch']}/{args.epochs}", *changes, sep="\n")
+    torch.set_num_threads(args.threads)
+    device = cli.device(args.device)
     train_loader, test_loader = data.build_loaders(args.data_dir, args.batch_size, args.seed, args.loader, device)
-    torch.manual_seed(args.seed)
-    model = checkpoint.model_from(ckpt, args.resume, device) if ckpt else Net().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    history = checkpoint.restore(ckpt, args.resume, optimizer, train_loader.generator, args.lr) if ckpt else []
-    config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-              "loader": args.loader, "threads": args.threads, "device": str(device)}
-    out = runs.prepare(args, explicit, config)
-    model_path = os.path.join(out, "model.pt")
-    print(f"run {out}: {architecture(model)}, device {device}, threads {torch.get_num_threads()}, "
-          f"loader {args.loader}, {len(train_loader.dataset):,} train / {len(test_loader.dataset):,} test images")
 
-    try:
+    torch.manual_seed(args.seed)
+    model = Net().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    history = []
+    if ckpt:  # the weights, optimizer and shuffle order as the checkpoint left them
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.param_groups[0]["lr"] = args.lr  # a --lr written now wins over the saved one
+        train_loader.generator.set_state(ckpt["generator"])
+        history = ckpt["history"]
+    config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "loader": args.loader, "threads": args.threads, "device": str(device), "data_dir": args.data_dir}
+    arch = architecture(model)
+    # A new folder under runs/ named after the settings (or exactly --out, or the resumed run's own)
+    with runs.Run(args.out, config, arch, exact="out" in given, continues=args.resume) as run:
+        print(f"run {run.folder}: {arch}, device {device}, threads {torch.get_num_threads()}, "
+              f"loader {args.loader}, {len(train_loader.dataset):,} train / {len(test_loader.dataset):,} test images")
         for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
             train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, device)
             seconds = time.perf_counter() - start
             test_loss, test_acc, _ = evaluate(model, test_loader, device)
             if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-                kept = f"{model_path} keeps epoch {len(history)}" if history else "nothing was saved"
+                kept = f"{run.model_path} keeps epoch {len(history)}" if history else "nothing was saved"
                 raise cli.UserError(f"the training loss became {train_loss} in epoch {epoch}; stopped, {kept}. "
                                     "Lower the learning rate (--lr)")
             history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                             "test_acc": test_acc, "seconds": seconds, "lr": args.lr, "batch_size": args.batch_size})
-            runs.save_epoch(out, {"model": model.state_dict(), "arch": architecture(model),
-                                  "optimizer": optimizer.state_dict(), "generator": train_loader.generator.get_state(),
-                                  "config": config, "epoch": epoch, "history": history})
+            run.save({"model": model.state_dict(), "arch": arch, "optimizer": optimizer.state_dict(),
+                      "generator": train_loader.generator.get_state(), "config": config, "epoch": epoch,
+                      "history": history})  # torch.save into a temporary file, then renamed: never half-written
             print(epoch_line(history[-1], args.epochs), flush=True)
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: say what is kept and how to go on
-        if not history:
-            raise KeyboardInterrupt("no epoch had finished, nothing was saved") from None
-        again = runs.resume_command(model_path, args.data_dir, DATA_DIR)
-        raise KeyboardInterrupt(f"epoch {len(history)}/{args.epochs} is saved in {model_path}; "
-                                f"continue with: {again}") from None
-    if not args.no_plots:
-        curves = os.path.join(out, "training_curves.png")
-        runs.write(curves, plots.training_curves(history, architecture(model), args.seed),
-                   f"the run itself is saved in {model_path}")
-        print(f"saved {curves}")
-    print(f"saved {model_path} (epoch {len(history)}, test accuracy {history[-1]['test_acc']:.2f}%)")
+        if not args.no_plots:
+            print("saved", run.write("training_curves.png", plots.training_curves(history, arch, args.seed)))
+    print(f"saved {run.model_path} (epoch {len(history)}, test accuracy {history[-1]['test_acc']:.2f}%)")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ import sys
 import time
 
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli  # noqa: E402
 import competition  # noqa: E402
 import data  # noqa: E402
+import fast_mnist  # noqa: E402
 import train  # noqa: E402
 from model import Net  # noqa: E402
 
@@ -56,9 +58,10 @@ def main():
     except cli.UserError as e:
         sys.exit(f"error: {e}")
 
-    def loader(kind):
-        generator = torch.Generator().manual_seed(train.SEED)
-        return data.make_loader(train_set, train.BATCH_SIZE, True, generator, kind, device)
+    def loader(kind):  # as data.build_loaders makes it
+        classic = DataLoader(train_set, batch_size=train.BATCH_SIZE, shuffle=True,
+                             generator=torch.Generator().manual_seed(train.SEED))
+        return fast_mnist.like(classic, device) if kind == "fast" else classic
 
     floor_batches = [(x.to(device), y.to(device)) for x, y in loader("fast")]
     torch.manual_seed(train.SEED)

@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -20,6 +21,15 @@ sys.path.insert(0, ROOT)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GATE_EPOCHS = 10  # real-data run with the default hyperparameters, shared by the real-data tests
 FAKE_TRAIN, FAKE_TEST = 640, 200  # 10 training batches of 64, one test batch
+
+
+def in_order(data_dir, batch_size, kind="classic", device="cpu", train=False):
+    """A loader over one split of data_dir, not shuffled: classic, or the fast one made from it."""
+    import data
+    import fast_mnist
+
+    loader = DataLoader(data.load_mnist(data_dir, train), batch_size=batch_size, generator=torch.Generator())
+    return fast_mnist.like(loader, device) if kind == "fast" else loader
 
 
 def write_idx(path, tensor):

@@ -170,24 +170,31 @@ def test_non_finite_weights_are_refused(good, fake_mnist, tmp_path):
         assert "weights hold NaN or infinite values" in main_error(evaluate, *args)
 
 
-def test_a_changed_model_py_is_named_in_the_refusal(good, fake_mnist, monkeypatch, capsys):
+def test_old_runs_stay_usable_after_model_py_changes(good, fake_mnist, monkeypatch, capsys, tmp_path):
     path, _ = good
-    monkeypatch.setattr(model, "HIDDEN", 128)
-    line = main_error(evaluate, path, "--data-dir", fake_mnist)
-    assert "holds a 784-64-10 sigmoid network, but model.py now builds 784-128-10 sigmoid" in line
-    with pytest.raises(SystemExit):
-        train.parse_args(["--help"])
-    assert "Train the 784-128-10 sigmoid MNIST classifier" in capsys.readouterr().out
-    monkeypatch.setattr(model, "HIDDEN", 64)
+    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+    before = capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(model.Net.__init__, "__defaults__", (128, nn.ReLU))  # HIDDEN = 128, ACTIVATION = nn.ReLU
+    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+    after = capsys.readouterr().out.splitlines()
+    assert after[0] == f"checkpoint {path}: 784-64-10 sigmoid (model.py now builds 784-128-10 relu), epoch 2, device cpu"
+    assert after[1:] == before[1:]  # the same network as before the edit, the same report
+    line = main_error(train, "--resume", path, "--epochs", 5, "--data-dir", fake_mnist)
+    assert "holds a 784-64-10 sigmoid network, but model.py now builds 784-128-10 relu: a run goes on with" in line
+    assert "undo the edit to model.py" in line and not (tmp_path / "history.json").exists()
+    monkeypatch.setattr(train, "RUNS_DIR", str(tmp_path / "runs"))
+    train.main(["--data-dir", fake_mnist, "--epochs", "1", "--no-plots", "--device", "cpu"])
+    assert os.listdir(tmp_path / "runs") == ["h128-relu-lr0.01-bs64"]  # the network is in the name
 
-    class ReluNet(model.Net):
-        def __init__(self):
-            super().__init__()
-            self.activation = nn.ReLU()
+    class Deeper(model.Net):  # a layer added: model.py cannot build the old network any more
+        def __init__(self, hidden=64, activation=nn.Sigmoid):
+            super().__init__(hidden, activation)
+            self.fc0 = nn.Linear(784, 784)
 
-    monkeypatch.setattr(checkpoint, "Net", ReluNet)
+    monkeypatch.setattr(checkpoint, "Net", Deeper)
     line = main_error(evaluate, path, "--data-dir", fake_mnist)
-    assert "holds a 784-64-10 sigmoid network, but model.py now builds 784-64-10 relu" in line
+    assert "holds a 784-64-10 sigmoid network, which model.py no longer builds" in line
+    assert "git checkout COMMIT -- model.py" in line
 
 
 def test_unsafe_global_reads_the_pickle_without_running_it():

@@ -11,7 +11,8 @@ import torch
 
 import cli
 import runs
-from conftest import ROOT, assert_one_line_error, run_script
+import train
+from conftest import ROOT, assert_one_line_error, main_error, run_script
 
 
 def test_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -29,6 +30,31 @@ def test_folder_names_say_what_a_learner_varies():
     assert runs.folder_name({"lr": 0.01, "batch_size": 64, "seed": 0}) == "lr0.01-bs64"
     assert runs.folder_name({"lr": 0.1, "batch_size": 32, "seed": 3}) == "lr0.1-bs32-seed3"
     assert runs.folder_name({"lr": 1e-4, "batch_size": 64, "seed": 0}) == "lr0.0001-bs64"
+    config = {"lr": 0.01, "batch_size": 64, "seed": 0}
+    assert runs.folder_name(config, "784-128-10 relu") == "h128-relu-lr0.01-bs64"
+    assert runs.folder_name(config, "784-128-10 sigmoid") == "h128-lr0.01-bs64"
+    assert runs.folder_name(config, "784-64-10 tanh") == "tanh-lr0.01-bs64"
+
+
+def test_resume_writes_over_its_own_checkpoint_only(trained, fake_mnist, tmp_path, capsys):
+    out, _ = trained
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    (folder / "snapshot.pt").write_bytes((out / "model.pt").read_bytes())
+    (folder / "model.pt").write_bytes(b"another run's checkpoint")
+    line = main_error(train, "--resume", folder / "snapshot.pt", "--epochs", 3, "--data-dir", fake_mnist)
+    assert f"{folder} holds another run's files, which resuming" in line and "pass --out DIR" in line
+    assert (folder / "model.pt").read_bytes() == b"another run's checkpoint"
+    # --out DIR: the run goes on in DIR, and the checkpoint it came from stays as it was
+    before = (folder / "snapshot.pt").read_bytes()
+    train.main(["--resume", str(folder / "snapshot.pt"), "--out", str(tmp_path / "more"), "--epochs", "3",
+                "--data-dir", fake_mnist, "--no-plots"])
+    assert torch.load(tmp_path / "more" / "model.pt", weights_only=True)["epoch"] == 3
+    assert (folder / "snapshot.pt").read_bytes() == before
+    assert "run " + str(tmp_path / "more") in capsys.readouterr().out
+    line = main_error(train, "--resume", folder / "snapshot.pt", "--out", tmp_path / "more", "--epochs", 4,
+                      "--data-dir", fake_mnist)
+    assert "holds another run's files" in line  # DIR must not hold a run already
 
 
 def test_two_default_runs_land_in_two_folders_and_evaluate_finds_the_newest(fake_mnist, tmp_path):

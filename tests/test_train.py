@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import cli
 import data
 import train
-from conftest import DEVICES, FAKE_TEST, ROOT, assert_one_line_error, main_error, run_script
+from conftest import DEVICES, FAKE_TEST, ROOT, assert_one_line_error, in_order, main_error, run_script
 from model import Net
 
 
@@ -35,7 +35,7 @@ def assert_same_run(a, b):
 def test_evaluate_matches_hand_counted_confusion_across_batches(fake_mnist):
     torch.manual_seed(0)
     model = Net()
-    loader = data.make_loader(data.load_mnist(fake_mnist, False), 64, False, torch.Generator(), "fast")
+    loader = in_order(fake_mnist, 64, "fast")
     assert len(loader) == 4  # 200 images in batches of 64: the sums must carry across batches
     loss, acc, confusion = train.evaluate(model, loader, torch.device("cpu"))
     x = torch.cat([x for x, _ in loader])
@@ -53,7 +53,7 @@ def test_train_one_epoch_takes_one_sgd_step_per_batch(fake_mnist):
     torch.manual_seed(0)
     model, reference = Net(), Net()
     reference.load_state_dict(model.state_dict())
-    batches = [(x, y) for x, y in data.make_loader(data.load_mnist(fake_mnist, True), 64, False, torch.Generator())][:3]
+    batches = list(in_order(fake_mnist, 64, train=True))[:3]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss, acc = train.train_one_epoch(model, batches, optimizer, torch.device("cpu"))
     losses, correct = [], 0
@@ -204,7 +204,7 @@ def test_bad_flags_get_one_line_and_touch_nothing(trained, fake_mnist, flags, me
     out, _ = trained
     before = (out / "model.pt").read_bytes()
     with pytest.raises(SystemExit) as e:
-        cli.run(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--resume", *flags]))
+        cli.run(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--resume", "--epochs", "9", *flags]))
     said = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
     assert len(said.strip().splitlines()) == 1 and said.startswith("error: ") and message in said, said
     assert e.value.code != 0 and (out / "model.pt").read_bytes() == before
@@ -216,3 +216,21 @@ def test_the_thread_count_is_the_one_the_scripts_run_with(fake_mnist, tmp_path):
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "b", "--epochs", 1, "--threads", 2)
     assert "cpu, threads 2," in proc.stdout.splitlines()[0]
     assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["config"]["threads"] == 2
+
+
+def test_a_resumed_run_keeps_its_threads_device_and_data_and_checks_them(fake_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_run(fake_mnist, out, "--epochs", "1", "--threads", "2")
+    torch.set_num_threads(1)
+    train.main(["--resume", str(out / "model.pt"), "--epochs", "2", "--no-plots"])  # no --data-dir, --device
+    assert f"run {out}: 784-64-10 sigmoid, device cpu, threads 2," in capsys.readouterr().out
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["config"]["threads"] == 2 and ckpt["config"]["data_dir"] == fake_mnist and ckpt["epoch"] == 2
+    for key, value in (("lr", -1.0), ("batch_size", 0), ("seed", 2**64), ("loader", "evil"), ("epochs", 10**30)):
+        bad = dict(ckpt, config=dict(ckpt["config"], **{key: value}))
+        torch.save(bad, tmp_path / "bad.pt")
+        line = main_error(train, "--resume", tmp_path / "bad.pt", *(["--epochs", 3] if key != "epochs" else []))
+        assert f"{tmp_path / 'bad.pt'}: a saved setting is not one train.py accepts" in line, line
+    bad = dict(ckpt, optimizer=torch.optim.SGD(Net().parameters(), lr=0.01, momentum=0.9, maximize=True).state_dict())
+    torch.save(bad, tmp_path / "bad.pt")
+    assert "no usable optimizer" in main_error(train, "--resume", tmp_path / "bad.pt", "--epochs", 3)
