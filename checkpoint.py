@@ -8,6 +8,7 @@ compressed entries, bounded size) and its pickle asks only for the few globals s
 then torch.load(weights_only=True) reads it and the structure is checked.
 """
 import io
+import math
 import os
 import pickletools
 import re
@@ -22,6 +23,7 @@ from cli import UserError
 from model import Net, architecture
 
 MAX_BYTES = 64 * 2**20  # ours are 0.2 MB; this leaves room for a 784-20000-10 network
+MAX_PICKLE = 2**20  # the dict without its tensors: a history of about 12,000 epochs (84 bytes each)
 ALLOWED_GLOBALS = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
                    "torch FloatStorage", "torch LongStorage", "torch ByteStorage"}
 ENTRY = re.compile(r"[^/]+/(data\.pkl|byteorder|version|\.format_version|\.storage_alignment|"
@@ -80,7 +82,12 @@ def check_archive(path):
         if bad or len(pickles) != 1 or len(entries) > 100 or sum(e.file_size for e in entries) > MAX_BYTES:
             raise UserError(f"{path}: refused, its archive holds entries that torch.save does not write "
                             f"({(bad or ['data.pkl'])[0]}); {TRAIN_AGAIN}")
+        if pickles[0].file_size > MAX_PICKLE:  # reading a pickle this size would take minutes
+            raise UserError(f"{path}: refused, its history is far longer than train.py writes "
+                            f"({pickles[0].file_size / 2**20:.0f} MB); {TRAIN_AGAIN}")
         try:
+            if archive.testzip() is not None:  # a checksum that does not match: damaged since it was written
+                raise zipfile.BadZipFile
             found = unsafe_global(archive.read(pickles[0]))
         except (ValueError, zipfile.BadZipFile, OSError):
             raise UserError(f"{path}: not a readable checkpoint, damaged; {TRAIN_AGAIN}") from None
@@ -128,10 +135,19 @@ def structure_problem(ckpt):
     if epoch < 1 or len(history) != epoch:
         return f"epoch {epoch} with {len(history)} history entries"
     for i, h in enumerate(history, 1):
-        if not isinstance(h, dict) or any(isinstance(h.get(k), bool) or not isinstance(h.get(k), (int, float))
-                                          for k in HISTORY_KEYS) or h["epoch"] != i:
+        if not isinstance(h, dict) or not all(finite(h.get(k)) for k in HISTORY_KEYS) or h["epoch"] != i:
             return f"history entry {i} is incomplete"
+    if not ARCH.fullmatch(ckpt["arch"]) or ckpt["config"]["loader"] not in ("fast", "classic"):
+        return f"an arch or loader train.py does not write: {ascii(ckpt['arch'])}, {ascii(ckpt['config']['loader'])}"
     return None
+
+
+def finite(value):
+    """A number a float can hold (bool is no number here; 10**400 is none either)."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def network(arch, path):

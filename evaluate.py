@@ -102,20 +102,21 @@ def main(argv=None):
 
 
 def classify_images(model, paths, device, save_dir):
-    """One line per image; a file that cannot be read gets an error line, and the exit status 1."""
+    """One line per image; a file that cannot be read, or its 28x28 image saved, gets an error line,
+    the others go on, and the exit status is 1."""
     failed, saved = 0, set()
     for path in paths:
         try:
             small, x, note = photo.read_digit(path)
+            print(f"{path}: {photo.summary(photo.classify(model, x, device))}" + (f"  ({note})" if note else ""))
+            if save_dir is not None:
+                target = runs.unused_name(save_dir or os.path.dirname(path), os.path.basename(path), ".mnist.png",
+                                          saved)
+                runs.write(target, photo.png(small))
+                print(f"  saved what the model saw: {target}")
         except cli.UserError as e:
             failed += 1
             print(f"error: {path}: {e}", file=sys.stderr)
-            continue
-        print(f"{path}: {photo.summary(photo.classify(model, x, device))}" + (f"  ({note})" if note else ""))
-        if save_dir is not None:
-            target = runs.unused_name(save_dir or os.path.dirname(path), os.path.basename(path), ".mnist.png", saved)
-            runs.write(target, photo.png(small))
-            print(f"  saved what the model saw: {target}")
     if failed:
         raise SystemExit(1)
 

@@ -2,8 +2,10 @@
 the most confident mistakes, and several runs compared. matplotlib without pyplot: no window.
 """
 import io
+import warnings
 
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid
+LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover the lines
 
 
 def new_figure(**kwargs):
@@ -14,7 +16,9 @@ def new_figure(**kwargs):
 
 def png(fig):
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    with warnings.catch_warnings():  # a glyph the font lacks (a run named in CJK) is drawn as a box, silently
+        warnings.simplefilter("ignore")
+        fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -91,18 +95,24 @@ def mistakes(images, probs, labels, shown=MISTAKES_SHOWN):
 
 def compare(runs):
     """Test accuracy and test loss per epoch, one line per run: runs is [(label, history)]."""
+    from matplotlib import colormaps
+
     fig = new_figure(figsize=(10, 4))
     acc_ax, loss_ax = fig.subplots(1, 2)
-    for label, history in runs:
+    colours = colormaps["tab10" if len(runs) <= 10 else "tab20" if len(runs) <= 20 else "viridis"]
+    for i, (label, history) in enumerate(runs):
         epochs = [h["epoch"] for h in history]
-        acc_ax.plot(epochs, [h["test_acc"] for h in history], "o-", ms=2, label=label)
-        loss_ax.plot(epochs, [h["test_loss"] for h in history], "o-", ms=2, label=label)
+        colour = colours(i if len(runs) <= 20 else i / (len(runs) - 1))
+        label = " " + label if label.startswith("_") else label  # matplotlib leaves '_...' out of legends
+        acc_ax.plot(epochs, [h["test_acc"] for h in history], "o-", ms=2, color=colour, label=label)
+        loss_ax.plot(epochs, [h["test_loss"] for h in history], "o-", ms=2, color=colour, label=label)
     for ax, name in ((acc_ax, "test accuracy (%)"), (loss_ax, "test loss")):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=8)
-    fig.suptitle("runs compared")
+    if len(runs) <= LEGEND_RUNS:
+        acc_ax.legend(fontsize=8)
+    fig.suptitle(f"{len(runs)} runs compared" + (f" (too many to name: compare.py's table names them)"
+                                                if len(runs) > LEGEND_RUNS else ""))
     return png(fig)
-

@@ -191,6 +191,8 @@ def _remove(tmp):
 
 def check_writable(folder, hint):
     """UserError now, before the work, if files cannot be written into folder."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{os.path.abspath(folder)} is a file, not a folder; {hint}")
     if not os.path.isdir(folder):
         try:
             os.makedirs(folder)
@@ -201,12 +203,13 @@ def check_writable(folder, hint):
 
 
 def unused_name(folder, filename, suffix, taken):
-    """folder/STEM+suffix, or STEM-2+suffix, ...: a name not in `taken` (which it joins), so that
-    d.png and d.gif do not save over each other."""
+    """folder/STEM+suffix, or STEM-2+suffix, ...: a name neither in `taken` (which it joins) nor on
+    disk, so that d.png and d.gif do not save over each other, nor over a file that was there."""
     check_writable(folder, "pass --save-input DIR with a folder you can write to")
     stem = os.path.splitext(filename)[0]
-    for n in range(1, len(taken) + 2):
+    for n in range(1, len(taken) + 100_000):
         path = os.path.join(folder, (stem if n == 1 else f"{stem}-{n}") + suffix)
-        if path not in taken:
+        if path not in taken and not os.path.lexists(path):
             taken.add(path)
             return path
+    raise UserError(f"{folder} holds too many files named {stem}*{suffix}; pass --save-input DIR")

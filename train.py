@@ -77,7 +77,7 @@ def parse_args(argv, saved=None, saved_in=None):
     """(settings, the flags written on the command line). When resuming, the run's `saved` settings
     are the defaults, checked as flags are, and only a flag written now overrides one."""
     p = cli.ArgumentParser(description="Train the MNIST classifier of model.py with plain SGD.", saved_in=saved_in)
-    p.add_argument("--epochs", type=cli.int_in(1, 10**6), default=EPOCHS, help="train up to this epoch")
+    p.add_argument("--epochs", type=cli.int_in(1, 10_000), default=EPOCHS, help="train up to this epoch")
     p.add_argument("--batch-size", type=cli.int_in(1, 2**31 - 1), default=BATCH_SIZE, help="images per step")
     p.add_argument("--lr", type=cli.learning_rate, default=LEARNING_RATE, help="SGD learning rate")
     p.add_argument("--seed", type=cli.int_in(0, 2**63 - 1), default=SEED, help="weights and shuffle seed")

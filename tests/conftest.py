@@ -4,7 +4,11 @@ for the scripts as a user starts them.
 Real-data tests read MNIST_DATA_DIR (a folder holding MNIST/raw/). Without it they skip,
 except under CI (CI set), where a skip would hide them, so they fail instead.
 """
+import contextlib
+import importlib
+import io
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -47,6 +51,7 @@ def fake_digits(n, seed):
     images = torch.randint(0, 60, (n, 28, 28), generator=g)
     for i, d in enumerate(labels.tolist()):
         images[i, 2 + 2 * d: 6 + 2 * d, 4:24] = 255
+    images[0].view(-1)[:256] = torch.arange(256)  # every byte value, for the loaders' bit-exact floats
     return images.to(torch.uint8), labels.to(torch.uint8)
 
 
@@ -58,6 +63,13 @@ def make_fake_mnist(root):
         write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
         write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
     return str(root)
+
+
+def pytest_collection_modifyitems(items):
+    """The real-data tests are slow too: `python -m pytest -m "not slow"` is the quick check."""
+    for item in items:
+        if {"real_mnist", "real_run"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -96,12 +108,57 @@ def real_run(real_mnist, tmp_path_factory):
     return out, proc.stdout
 
 
-def run_script(script, *args, cwd=None, timeout=300):
-    """Run python <script> as a user would; no network, so a download attempt fails at once."""
-    env = dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
+# No network in the tests: a download attempt fails at once, in this process and in any it starts.
+os.environ.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+                  HTTPS_PROXY="http://127.0.0.1:9", no_proxy="localhost,127.0.0.1,::1", NO_PROXY="localhost,127.0.0.1,::1")
+
+
+def run_script(script, *args, cwd=None):
+    """`python <script> <args>` as a user runs it, but in this process (no second torch import):
+    its exit status, stdout and stderr, as subprocess.run would give them."""
+    import cli
+
+    module = importlib.import_module(script[:-3])
+    argv = [str(a) for a in args]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = sys.argv, os.getcwd()
+    sys.argv = [script, *argv]  # argparse names the script in its messages
+    os.chdir(cwd or ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.run(lambda: module.main(argv))
+    except SystemExit as e:  # as the interpreter ends: a message goes to stderr, with status 1
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+
+
+def run_process(script, *args, cwd=None, timeout=300):
+    """`python <script> <args>` in a process of its own: for what needs one (signals, peak memory,
+    a lock held by another process, the end-to-end smoke run)."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_process(script, *args, cwd=None):
+    """`python <script> <args>` started, its stdout and stderr piped: for signals and locks."""
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """What an in-process run changes for the whole process is put back after each test."""
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM,
+                                                                                   signal.SIGHUP)}
+    yield
+    torch.set_num_threads(threads)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
 
 def peak_rss_mb(script, *args):

@@ -3,6 +3,8 @@ after unpickling (crafted ones built here, never committed), through the real co
 import io
 import os
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -13,7 +15,7 @@ import checkpoint
 import evaluate
 import model
 import train
-from conftest import ROOT, assert_one_line_error, main_error, peak_rss_mb, run_script
+from conftest import ROOT, main_error
 
 
 @pytest.fixture()
@@ -59,6 +61,7 @@ def test_round_trip_and_what_it_holds(good):
     assert torch.equal(net(x), reference(x))
 
 
+@pytest.mark.slow  # a process of its own
 def test_memory_bombs_are_refused_before_unpickling(good, tmp_path):
     path, ckpt = good
     bomb = with_pickle(path, pickle.dumps({"model": Call(bytearray, 2_000_000_000)}, protocol=2), tmp_path / "b.pt")
@@ -74,13 +77,22 @@ def test_memory_bombs_are_refused_before_unpickling(good, tmp_path):
     huge = tmp_path / "huge.pt"
     with open(huge, "wb") as f:
         f.truncate(checkpoint.MAX_BYTES + 1)  # sparse: large, and nothing on disk
-    baseline, _ = peak_rss_mb("evaluate.py", tmp_path / "missing.pt")
-    for crafted, message in ((bomb, "refused, it would call __builtin__.bytearray, and loading it could run that code"),
-                             (inflating, "refused, its archive holds entries that torch.save does not write"),
-                             (huge, "larger than any checkpoint train.py writes")):
-        peak, proc = peak_rss_mb("evaluate.py", crafted)
-        assert_one_line_error(proc, message)
-        assert peak - baseline < 100, (crafted.name, peak, baseline)
+    # One process: its peak memory after a plain refusal (the baseline), then after each crafted file.
+    script = ("import resource, sys; sys.path.insert(0, sys.argv[1]); import cli, evaluate\n"
+              "def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+              "for path in sys.argv[2:]:\n"
+              "    try: evaluate.main([path])\n"
+              "    except cli.UserError as e: print(f'{peak():.0f} {e}', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", script, ROOT, tmp_path / "missing.pt", bomb, inflating, huge],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4, proc.stdout + proc.stderr
+    baseline = float(lines[0].split()[0])
+    for line, message in zip(lines[1:], ("refused, it would call __builtin__.bytearray, and loading it could run that code",
+                                         "refused, its archive holds entries that torch.save does not write",
+                                         "larger than any checkpoint train.py writes")):
+        peak = float(line.split()[0])
+        assert message in line and peak - baseline < 100, (line, baseline)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(fake_mnist, tmp_path):
@@ -88,8 +100,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(fake_mnist
     payload = {"model": Call(os.system, f"touch {marker}"), "config": {}, "epoch": 1, "history": []}
     zipped = saved(tmp_path, "evil.pt", payload)
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload))  # the legacy, plain-pickle format
-    proc = run_script("evaluate.py", zipped, "--data-dir", fake_mnist)
-    assert_one_line_error(proc, f"refused, it would call {os.system.__module__}.system", "could run that code")
+    line = main_error(evaluate, zipped, "--data-dir", fake_mnist)
+    assert f"refused, it would call {os.system.__module__}.system, and loading it could run that code" in line
     for path in (zipped, tmp_path / "evil.pkl"):
         assert "could run that code" in main_error(evaluate, path, "--data-dir", fake_mnist)
         assert "could run that code" in main_error(train, "--resume", path, "--data-dir", fake_mnist, "--epochs", 3)
@@ -110,8 +122,6 @@ def test_unreadable_files_are_not_called_unsafe(good, fake_mnist, tmp_path):
         assert "not a checkpoint" in line or "not a readable checkpoint" in line, line
         assert "could run" not in line and "refused" not in line, line
         assert (tmp_path / name).read_bytes() == content
-    proc = run_script("evaluate.py", tmp_path / "truncated.pt", "--data-dir", fake_mnist)
-    assert_one_line_error(proc, "truncated")
 
 
 def test_folders_images_and_missing_files_say_what_they_are(good, fake_mnist, tmp_path):
@@ -205,3 +215,23 @@ def test_unsafe_global_reads_the_pickle_without_running_it():
     torch.save({"w": torch.zeros(2), "g": torch.Generator().get_state(), "i": torch.arange(3)}, buffer)
     with zipfile.ZipFile(buffer) as z:
         assert checkpoint.unsafe_global(z.read([n for n in z.namelist() if n.endswith("data.pkl")][0])) is None
+
+
+def test_damage_and_outsized_or_odd_contents_are_refused_quickly(good, fake_mnist, tmp_path):
+    path, ckpt = good
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:  # one flipped byte inside the weights' record
+        weights = next(i for i in z.infolist() if i.filename.endswith("data/0"))
+    data[weights.header_offset + 30 + len(weights.filename) + weights.extra.__len__() + 100] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    assert "not a readable checkpoint, damaged" in main_error(evaluate, tmp_path / "flipped.pt")
+    entry = dict(ckpt["history"][-1])
+    long = dict(ckpt, epoch=15_000, history=[dict(entry, epoch=i) for i in range(1, 15_001)])
+    line = main_error(evaluate, saved(tmp_path, "long.pt", long), "--data-dir", fake_mnist)
+    assert "refused, its history is far longer than train.py writes" in line  # before reading it
+    for bad, message in ((dict(ckpt, history=[dict(h, test_acc=10**400) for h in ckpt["history"]]),
+                          "history entry 1 is incomplete"),
+                         (dict(ckpt, arch="784-64-10 sigmoid\x1b[2J"), r"'784-64-10 sigmoid\x1b[2J'"),
+                         (dict(ckpt, config=dict(ckpt["config"], loader="fast\n")), r"'fast\n'")):
+        line = main_error(evaluate, saved(tmp_path, "bad.pt", bad), "--data-dir", fake_mnist)
+        assert message in line and "\x1b" not in line, line

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cli
-from conftest import ROOT
+from conftest import ROOT, start_process
 
 
 def test_int_in_and_learning_rate_accept_their_range_only():
@@ -78,6 +78,7 @@ def test_run_turns_a_user_error_into_one_line_and_restores_handlers():
     assert e.value.code == "error: what to do" and signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.slow  # a process of its own
 def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-X", "importtime", "evaluate.py", "--help"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -92,6 +93,7 @@ def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
     assert "usage" not in stdout  # it did stop before parsing
 
 
+@pytest.mark.slow  # a process of its own
 def test_a_closed_pipe_ends_quietly(trained, fake_mnist):
     out, _ = trained
     # `true` reads nothing and exits at once: every line evaluate.py prints meets a closed pipe
@@ -101,10 +103,10 @@ def test_a_closed_pipe_ends_quietly(trained, fake_mnist):
     assert proc.stderr == "" and proc.returncode == 1
 
 
+@pytest.mark.slow  # a process of its own
 def test_a_second_ctrl_c_is_one_line_too(fake_mnist, tmp_path):
-    proc = subprocess.Popen([sys.executable, "train.py", "--data-dir", fake_mnist, "--out", tmp_path / "run",
-                             "--epochs", "100000", "--no-plots"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_process("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "run", "--epochs", "10000",
+                         "--no-plots", "--device", "cpu")
     for line in proc.stdout:
         if line.startswith("epoch"):
             break

@@ -1,17 +1,24 @@
-"""compare.py through its command line: three runs, one of them damaged, and a folder that is no run."""
+"""compare.py: three runs, one of them damaged, and a folder that is no run; every column of the table
+checked against the runs' histories, and the labels the picture's legend shows."""
 import os
 
+import torch
 from PIL import Image
 
+import compare
+import plots
 from conftest import assert_one_line_error, run_script
 
 
-def test_compares_the_runs_it_can_read_and_skips_the_rest(fake_mnist, tmp_path):
-    for flags in ([], ["--lr", "0.1"], ["--lr", "0.1", "--batch-size", "32"]):
-        proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 2, "--no-plots", *flags, cwd=tmp_path)
+def test_compares_the_runs_it_can_read_and_skips_the_rest(fake_mnist, tmp_path, monkeypatch):
+    for flags in ([], ["--lr", "0.1"], ["--lr", "0.1", "--batch-size", "32"], ["--lr", "0.1", "--seed", "2"]):
+        proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 2, "--no-plots", "--device", "cpu",
+                          *flags, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     (tmp_path / "runs" / "lr0.1-bs32" / "model.pt").write_bytes(b"damaged")
     (tmp_path / "runs" / "notes").mkdir()
+    drawn, draw = [], plots.compare
+    monkeypatch.setattr(plots, "compare", lambda runs: drawn.append(runs) or draw(runs))
     proc = run_script("compare.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
@@ -19,11 +26,26 @@ def test_compares_the_runs_it_can_read_and_skips_the_rest(fake_mnist, tmp_path):
         "empty, truncated or another kind of file); train a new one with python train.py",
         "skipped runs/notes: no model.pt, not a run"]
     header, *rows, saved = proc.stdout.splitlines()
-    assert header.split() == ["run", "lr", "epochs", "final", "acc", "best", "acc", "train", "s"]
-    assert [row.split()[:3] for row in rows] == [["runs/lr0.01-bs64", "0.01", "2"], ["runs/lr0.1-bs64", "0.1", "2"]]
+    assert header.split() == ["run", "lr", "seed", "epochs", "final", "acc", "best", "acc", "train", "s"]
+    assert [row.split()[0] for row in rows] == ["runs/lr0.01-bs64", "runs/lr0.1-bs64", "runs/lr0.1-bs64-seed2"]
+    for row in rows:
+        history = torch.load(tmp_path / row.split()[0] / "model.pt", weights_only=True)["history"]
+        lr, seed = history[0]["lr"], 2 if row.startswith("runs/lr0.1-bs64-seed2") else 0
+        assert row.split()[1:] == [f"{lr:g}", str(seed), "2", f"{history[-1]['test_acc']:.2f}%",
+                                   f"{max(h['test_acc'] for h in history):.2f}%",
+                                   f"{sum(h['seconds'] for h in history):.1f}"]
     assert saved == "saved runs/compare.png"
+    (runs,) = drawn
+    assert [label for label, _ in runs] == ["lr 0.01, seed 0", "lr 0.1, seed 0", "lr 0.1, seed 2"]
     with Image.open(tmp_path / "runs" / "compare.png") as picture:
         assert picture.format == "PNG"
+
+
+def test_labels_say_what_differs_and_fall_back_to_the_folder():
+    found = [("runs/a", {"lr": "0.1", "batch_size": "64"}, []), ("runs/b", {"lr": "0.1", "batch_size": "32"}, []),
+             ("runs/c", {"lr": "0.1", "batch_size": "32"}, [])]
+    assert compare.labels(found, ["batch_size"]) == ["batch 64", "b: batch 32", "c: batch 32"]
+    assert compare.labels(found, []) == ["a", "b", "c"]
 
 
 def test_with_nothing_to_compare_it_says_how_to_start(tmp_path):

@@ -1,8 +1,10 @@
 """data.py: the two loaders on small IDX files, read through torchvision's real MNIST reader."""
 import pytest
 import torch
+from torchvision import transforms
 
 import data
+import fast_mnist
 from conftest import DEVICES, FAKE_TEST, FAKE_TRAIN, fake_digits
 
 
@@ -91,3 +93,16 @@ def test_fast_loader_keeps_the_data_on_the_training_device(fake_mnist):
         batches = [(x.to(device), y.to(device)) for x, y in train]  # as train_one_epoch does
     assert len(batches) == 10 and all(x.device == device and y.device == device for x, y in batches)
     assert ops.count == 1  # the epoch's shuffled order, once; nothing per batch
+
+
+def test_fast_loader_floats_come_from_to_tensors_own_values(fake_mnist, monkeypatch):
+    """ToTensor divides by 255 on the CPU; a GPU divides by a constant as a multiplication by 1/255,
+    which is off in the last bit for some bytes. The fast loader looks each byte up instead."""
+    every_byte = torch.arange(256, dtype=torch.uint8)
+    as_to_tensor = transforms.ToTensor()(every_byte.view(16, 16).numpy()).flatten()
+    assert torch.equal(fast_mnist.TO_TENSOR, as_to_tensor)
+    assert not torch.equal(every_byte.float() * (1 / 255), as_to_tensor)  # what the table avoids
+    monkeypatch.setattr(fast_mnist, "TO_TENSOR", torch.arange(256, dtype=torch.float32))  # bytes as they are
+    train, _ = data.build_loaders(fake_mnist, 64, seed=0, loader="fast")
+    x, _ = next(iter(train))
+    assert torch.equal(x, x.round()) and x.max() == 255  # each float was looked up in the table

@@ -59,7 +59,7 @@ def test_files_that_are_not_regular_files_are_named(copy, tmp_path, make, messag
     path = raw / "train-labels-idx1-ubyte"
     path.unlink()
     make(path)
-    proc = run_script("train.py", "--data-dir", root, "--out", tmp_path / "out", "--epochs", 1, timeout=120)
+    proc = run_script("train.py", "--data-dir", root, "--out", tmp_path / "out", "--epochs", 1)
     assert_one_line_error(proc, f"{path} {message}", "replace it with the original file")
 
 

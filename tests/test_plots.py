@@ -34,6 +34,17 @@ def test_training_curves_title_and_lines(figures):
     assert list(acc_ax.lines[1].get_ydata()) == [50, 51, 52] and list(loss_ax.lines[0].get_xdata()) == [1, 2, 3]
 
 
+def test_confusion_matrix_picture_has_true_digits_in_rows_and_its_accuracy(figures):
+    confusion = 10 * torch.eye(10, dtype=torch.int64)
+    confusion[3, 5] = 7  # seven 3s read as 5: row 3, column 5
+    fig = plots.confusion_matrix(confusion)
+    ax = fig.axes[0]
+    assert (ax.images[0].get_array() == confusion.numpy()).all()
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("true digit", "predicted digit")
+    assert {t.get_position(): t.get_text() for t in ax.texts}[(5, 3)] == "7"  # x: predicted, y: true
+    assert ax.get_title() == f"MNIST test confusion matrix, accuracy {100 * 100 / 107:.2f}%"
+
+
 def test_pick_mistakes_takes_the_most_confident_wrong_answers():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7], [0.95, 0.05]])
     labels = torch.tensor([0, 0, 0, 1, 1])  # wrong: 1 (0.8 sure), 2 (0.6), 4 (0.95)
@@ -67,3 +78,12 @@ def test_every_figure_is_a_png():
                  plots.compare([("a", history([0.1]))])):
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG" and image.width >= 300 and image.height >= 200
+
+
+def test_compare_names_every_run_it_can_and_tells_them_apart(figures):
+    fig = plots.compare([("_seed 1", history([0.1] * 2)), ("lr 0.1", history([0.1] * 2))])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [" _seed 1", "lr 0.1"]
+    fig = plots.compare([(f"run {i}", history([0.1])) for i in range(15)])
+    assert len({line.get_color() for line in fig.axes[0].lines}) == 15  # no colour used twice
+    fig = plots.compare([(f"run {i}", history([0.1])) for i in range(plots.LEGEND_RUNS + 1)])
+    assert fig.axes[0].get_legend() is None and "too many to name" in fig._suptitle.get_text()

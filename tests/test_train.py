@@ -4,17 +4,16 @@ import json
 import os
 import shlex
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cli
-import data
+import plots
 import train
-from conftest import DEVICES, FAKE_TEST, ROOT, assert_one_line_error, in_order, main_error, run_script
+from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, in_order, main_error, run_process, run_script,
+                      start_process)
 from model import Net
 
 
@@ -90,19 +89,24 @@ def test_prints_one_line_per_epoch_and_saves_everything(trained):
         assert json.load(f) == ckpt["history"]
 
 
+def test_the_curves_show_the_whole_history_and_the_runs_seed(fake_mnist, tmp_path, monkeypatch):
+    drawn, draw = [], plots.training_curves
+    monkeypatch.setattr(plots, "training_curves", lambda *args: drawn.append(args) or draw(*args))
+    train.main(["--data-dir", fake_mnist, "--out", str(tmp_path / "run"), "--epochs", "3", "--seed", "5",
+                "--device", "cpu"])
+    (history, arch, seed), = drawn
+    ckpt = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert history == ckpt["history"] and len(history) == 3 and arch == "784-64-10 sigmoid" and seed == 5
+    with open(tmp_path / "run" / "training_curves.png", "rb") as f:
+        assert f.read() == draw(history, arch, seed)
+
+
 def test_same_seed_gives_bit_identical_weights(fake_mnist, tmp_path):
     a = train_run(fake_mnist, tmp_path / "a", "--epochs", "3", "--seed", "7")
     b = train_run(fake_mnist, tmp_path / "b", "--epochs", "3", "--seed", "7")
     c = train_run(fake_mnist, tmp_path / "c", "--epochs", "3", "--seed", "8")
     assert_same_run(a, b)
     assert not torch.equal(a["model"]["fc1.weight"], c["model"]["fc1.weight"])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_fast_and_classic_loaders_train_bit_identical_weights(fake_mnist, tmp_path, device):
-    fast = train_run(fake_mnist, tmp_path / "fast", "--epochs", "2", "--loader", "fast", device=device)
-    classic = train_run(fake_mnist, tmp_path / "classic", "--epochs", "2", "--loader", "classic", device=device)
-    assert_same_run(fast, classic)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -122,12 +126,12 @@ def test_edited_constants_are_the_defaults(fake_mnist, tmp_path, monkeypatch):
     assert ckpt["epoch"] == 2 and ckpt["config"]["lr"] == 0.03
 
 
+@pytest.mark.slow  # a process of its own
 def test_stopped_with_ctrl_c_and_resumed_with_the_printed_command_ends_bit_identical(fake_mnist, tmp_path):
     flags = ["--data-dir", fake_mnist, "--lr", "0.05", "--batch-size", "32", "--device", "cpu", "--no-plots"]
     whole = train_run(fake_mnist, tmp_path / "whole", *flags[2:], "--epochs", "5")
     out = tmp_path / "parts"
-    proc = subprocess.Popen([sys.executable, "train.py", "--out", out, "--epochs", "5", *flags], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_process("train.py", "--out", out, "--epochs", "5", *flags)
     for line in proc.stdout:
         if line.startswith("epoch 2/5"):
             break
@@ -138,7 +142,7 @@ def test_stopped_with_ctrl_c_and_resumed_with_the_printed_command_ends_bit_ident
     assert line.startswith("interrupted (SIGINT): epoch ") and " is saved in " in line, line
     command = shlex.split(line.split("continue with: ")[1])
     assert command[:2] == ["python", "train.py"] and "--lr" not in command and "--batch-size" not in command
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    resumed = run_script(command[1], *command[2:])  # in this process: what matters is what the command says
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(whole, torch.load(out / "model.pt", weights_only=True))
 
@@ -156,13 +160,13 @@ def test_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(fake_mnist,
     assert "at epoch 4 already" in main_error(train, "--resume", out / "model.pt", "--data-dir", fake_mnist)
 
 
+@pytest.mark.slow  # a process of its own
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_like_ctrl_c(fake_mnist, tmp_path, sig):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", "100000",
-                             "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_process("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", "10000", "--device", "cpu")
     for line in proc.stdout:
-        if line.startswith("epoch      2/"):
+        if line.startswith("epoch     2/"):
             break
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
@@ -178,7 +182,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(fake_mnist, tmp_path, sig):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tmp_path):
     out = tmp_path / "run"
-    assert run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1).returncode == 0
+    assert run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1, "--device", "cpu").returncode == 0
     before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
     # a learning rate of 1e38 is finite and valid, and drives the weights to inf within an epoch
     proc = run_script("train.py", "--resume", "--out", out, "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38")
@@ -187,7 +191,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "argument --epochs: 0 is out of range: use 1 to 1,000,000"),
+    (["--epochs", "0"], "argument --epochs: 0 is out of range: use 1 to 10,000"),
     (["--epochs", "ten"], "argument --epochs: 'ten' is not a whole number"),
     (["--batch-size", str(2**64)], "argument --batch-size: 18446744073709551616 is out of range"),
     (["--seed", str(2**70)], "argument --seed: 1180591620717411303424 is out of range"),
@@ -211,9 +215,12 @@ def test_bad_flags_get_one_line_and_touch_nothing(trained, fake_mnist, flags, me
 
 
 def test_the_thread_count_is_the_one_the_scripts_run_with(fake_mnist, tmp_path):
-    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "a", "--epochs", 1, "--no-plots")
+    torch.set_num_threads(2)  # not what THREADS says: the script must set it
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "a", "--epochs", 1, "--no-plots",
+                      "--device", "cpu")
     assert f"cpu, threads {train.THREADS}," in proc.stdout.splitlines()[0]
-    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "b", "--epochs", 1, "--threads", 2)
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "b", "--epochs", 1, "--threads", 2,
+                      "--device", "cpu")
     assert "cpu, threads 2," in proc.stdout.splitlines()[0]
     assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["config"]["threads"] == 2
 
@@ -226,7 +233,7 @@ def test_a_resumed_run_keeps_its_threads_device_and_data_and_checks_them(fake_mn
     assert f"run {out}: 784-64-10 sigmoid, device cpu, threads 2," in capsys.readouterr().out
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["config"]["threads"] == 2 and ckpt["config"]["data_dir"] == fake_mnist and ckpt["epoch"] == 2
-    for key, value in (("lr", -1.0), ("batch_size", 0), ("seed", 2**64), ("loader", "evil"), ("epochs", 10**30)):
+    for key, value in (("lr", -1.0), ("batch_size", 0), ("seed", 2**64), ("threads", 0), ("epochs", 10**30)):
         bad = dict(ckpt, config=dict(ckpt["config"], **{key: value}))
         torch.save(bad, tmp_path / "bad.pt")
         line = main_error(train, "--resume", tmp_path / "bad.pt", *(["--epochs", 3] if key != "epochs" else []))
@@ -234,3 +241,15 @@ def test_a_resumed_run_keeps_its_threads_device_and_data_and_checks_them(fake_mn
     bad = dict(ckpt, optimizer=torch.optim.SGD(Net().parameters(), lr=0.01, momentum=0.9, maximize=True).state_dict())
     torch.save(bad, tmp_path / "bad.pt")
     assert "no usable optimizer" in main_error(train, "--resume", tmp_path / "bad.pt", "--epochs", 3)
+
+
+@pytest.mark.slow  # a process of its own
+def test_the_commands_run_end_to_end(fake_mnist, tmp_path):
+    """The one smoke run as a user starts it, each script a process of its own."""
+    out = tmp_path / "run"
+    proc = run_process("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1, "--device", "cpu")
+    assert proc.returncode == 0 and proc.stdout.splitlines()[1].startswith("epoch 1/1  train loss "), proc.stderr
+    proc = run_process("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu")
+    assert proc.returncode == 0 and "test accuracy: " in proc.stdout and proc.stderr == "", proc.stderr
+    assert sorted(os.listdir(out)) == [".lock", "confusion_matrix.png", "history.json", "mistakes.png", "model.pt",
+                                       "training_curves.png"]
