@@ -136,7 +136,8 @@ def hidden_units(fc1_weight, fc2_weight, arch, epoch):
         top, left = (first_row[d] + placed[d] // cols) * step, (placed[d] % cols) * step
         placed[d] += 1
         mosaic[top:top + 28, left:left + 28] = weights[unit].reshape(28, 28) / (s or 1.0)
-        ax.text(left + 0.5, top + 0.5, str(d), ha="left", va="top", fontsize=7)
+        # in_layout=False: the layout need not measure text inside the image (a tenth of a second)
+        ax.text(left + 0.5, top + 0.5, str(d), ha="left", va="top", fontsize=7, in_layout=False)
     for d in range(10):
         if not per_digit[d]:
             ax.text(1, first_row[d] * step + 14, "no unit", va="center", fontsize=8, color="gray")
