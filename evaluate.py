@@ -5,7 +5,8 @@
     python evaluate.py --image my_digit.png [more.jpg ...] [--save-input [DIR]]
 
 Prints the test loss and accuracy (train.py's own evaluate), per-digit recall, precision and F1,
-and the confusion matrix; draws confusion_matrix.png and mistakes.png beside the checkpoint.
+and the confusion matrix; draws confusion_matrix.png, mistakes.png and hidden_units.png (what each
+hidden unit's input weights look like) beside the checkpoint.
 """
 import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
 
@@ -64,7 +65,8 @@ def parse_args(argv):
     p.add_argument("checkpoint", nargs="?", help=f"checkpoint file (default: the newest in {RUNS_DIR}/)")
     p.add_argument("--data-dir", default=DATA_DIR, help="folder that holds MNIST/raw/")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--no-plots", action="store_true", help="do not draw confusion_matrix.png and mistakes.png")
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not draw confusion_matrix.png, mistakes.png and hidden_units.png")
     p.add_argument("--plots-dir", metavar="DIR", help="draw the pictures here (default: beside the checkpoint)")
     p.add_argument("--image", nargs="+", metavar="PATH", help="classify these photos or drawings of digits instead")
     p.add_argument("--save-input", nargs="?", const="", metavar="DIR",
@@ -96,7 +98,9 @@ def main(argv=None):
     print(format_report(loss, confusion))
     if not args.no_plots:
         for name, picture in (("confusion_matrix.png", plots.confusion_matrix(confusion)),
-                              ("mistakes.png", plots.mistakes(images, probs, labels))):
+                              ("mistakes.png", plots.mistakes(images, probs, labels)),
+                              ("hidden_units.png", plots.hidden_units(model.fc1.weight, model.fc2.weight,
+                                                                      ckpt["arch"], ckpt["epoch"]))):
             runs.write(os.path.join(folder, name), picture, hint)
             print(f"saved {os.path.join(folder, name)}")
 

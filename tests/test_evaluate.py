@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import data
+import checkpoint
 import evaluate
+import plots
 import train
 from conftest import DEVICES, in_order, main_error, run_script
 from model import Net
@@ -21,17 +22,36 @@ def evaluated(trained, fake_mnist):
     return out, proc.stdout
 
 
-def test_reports_the_accuracy_train_printed_and_draws_both_pictures(trained, evaluated):
-    _, train_stdout = trained
-    out, stdout = evaluated
+def test_reports_the_accuracy_train_printed_and_draws_the_pictures_of_that_pass(trained, fake_mnist, tmp_path,
+                                                                               monkeypatch):
+    out, train_stdout = trained
+    drawn = {}
+    for name in ("confusion_matrix", "mistakes", "hidden_units"):  # what each picture is drawn from
+        draw = getattr(plots, name)
+        monkeypatch.setattr(plots, name, lambda *args, name=name, draw=draw: drawn.setdefault(name, args) and draw(*args))
+    proc = run_script("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu",
+                      "--plots-dir", tmp_path)
+    stdout = proc.stdout
     last_epoch = [line for line in train_stdout.splitlines() if line.startswith("epoch 2/2")][0]
     accuracy = last_epoch.split("test loss ")[1].split(" acc ")[1].split("%")[0]
     line = [x for x in stdout.splitlines() if x.startswith("test accuracy: ")][0]
     assert line.startswith(f"test accuracy: {accuracy}% (") and line.endswith("/200)")
     assert stdout.startswith(f"checkpoint {out / 'model.pt'}: 784-64-10 sigmoid, epoch 2, device cpu")
-    for name in ("confusion_matrix.png", "mistakes.png"):
-        assert f"saved {out / name}" in stdout.splitlines()
-        with Image.open(out / name) as image:
+    lines = stdout.splitlines()
+    start = lines.index("confusion matrix (rows: true digit, columns: predicted digit)")
+    printed = torch.tensor([[int(v) for v in row.split()[1:]] for row in lines[start + 2: start + 12]])
+    assert torch.equal(drawn["confusion_matrix"][0], printed)
+    images, probs, labels = drawn["mistakes"]
+    x, y = next(iter(in_order(fake_mnist, 200)))
+    assert torch.equal(images, x) and torch.equal(labels, y) and probs.shape == (200, 10)
+    assert (probs.argmax(1) == labels).sum() == printed.trace()
+    model = checkpoint.model_from(checkpoint.load(str(out / "model.pt")), "model.pt")
+    fc1, fc2, arch, epoch = drawn["hidden_units"]
+    assert torch.equal(fc1, model.fc1.weight) and torch.equal(fc2, model.fc2.weight) and (arch, epoch) == (
+        "784-64-10 sigmoid", 2)
+    for name in ("confusion_matrix.png", "mistakes.png", "hidden_units.png"):
+        assert f"saved {tmp_path / name}" in lines
+        with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and 300 <= image.width <= 2000 and 200 <= image.height <= 2000
 
 

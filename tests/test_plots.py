@@ -1,5 +1,5 @@
 """plots.py: what each figure draws (read off the matplotlib figure before it becomes a PNG), which
-mistakes are picked, and that each is a real PNG."""
+mistakes are picked, where each hidden unit's tile goes, and that each figure is a real PNG."""
 import io
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import plots
+from model import Net
 
 
 @pytest.fixture()
@@ -75,7 +76,8 @@ def test_every_figure_is_a_png():
     confusion = torch.arange(100).view(10, 10)
     for data in (plots.training_curves(history([0.1] * 2), "784-64-10 sigmoid", 0), plots.confusion_matrix(confusion),
                  plots.mistakes(torch.rand(2, 1, 28, 28), torch.tensor([[0.9, 0.1], [0.1, 0.9]]), torch.tensor([1, 1])),
-                 plots.compare([("a", history([0.1]))])):
+                 plots.compare([("a", history([0.1]))]),
+                 plots.hidden_units(torch.randn(64, 784), torch.randn(10, 64), "784-64-10 sigmoid", 1)):
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG" and image.width >= 300 and image.height >= 200
 
@@ -87,3 +89,38 @@ def test_compare_names_every_run_it_can_and_tells_them_apart(figures):
     assert len({line.get_color() for line in fig.axes[0].lines}) == 15  # no colour used twice
     fig = plots.compare([(f"run {i}", history([0.1])) for i in range(plots.LEGEND_RUNS + 1)])
     assert fig.axes[0].get_legend() is None and "too many to name" in fig._suptitle.get_text()
+
+
+def test_hidden_unit_layout_groups_units_by_the_digit_they_push_most():
+    fc2 = torch.zeros(10, 4)
+    fc2[3, 0], fc2[1, 1], fc2[3, 2], fc2[1, 3] = 0.9, 0.5, 1.2, 0.8  # units 1, 3 push 1; units 0, 2 push 3
+    fc2[7, 1] = 0.4  # unit 1 pushes 7 too, less than 1
+    fc1 = torch.full((4, 784), 0.01)
+    fc1[0, 5], fc1[1, 9], fc1[2, 0], fc1[3, 783] = 0.5, -2.0, 0.25, 1.0  # the largest |weight| of each
+    order, digits, scale = plots.hidden_unit_layout(fc1, fc2)
+    assert order == [3, 1, 2, 0]  # digit 1's units, hardest pusher first, then digit 3's
+    assert digits == [1, 1, 3, 3]
+    assert scale == [1.0, 2.0, 0.25, 0.5]  # per tile: its unit's largest |weight|, a negative one too
+
+
+def test_hidden_units_picture_one_tile_per_unit_on_a_scale_centred_at_zero(figures):
+    net = Net(hidden=128)  # as after a learner's edit of HIDDEN: the tiles follow the weights' shape
+    with torch.no_grad():
+        net.fc2.weight.copy_(torch.eye(10).repeat(1, 13)[:, :128])  # unit u pushes digit u % 10
+    fig = plots.hidden_units(net.fc1.weight, net.fc2.weight, "784-128-10 sigmoid", 7)
+    assert fig._suptitle.get_text().startswith("784-128-10 sigmoid, epoch 7: the input weights of its 128 hidden units")
+    assert "each tile on its own colour scale" in fig._suptitle.get_text()
+    ax = [ax for ax in fig.axes if ax.images and ax.texts][0]
+    image = ax.images[0]
+    assert image.norm.vmin == -image.norm.vmax == -1 and image.get_cmap().name == "RdBu_r"
+    mosaic = torch.tensor(image.get_array().filled(float("nan")))
+    assert mosaic.isfinite().sum() == 128 * 784  # 128 tiles of 28x28, blank between them
+    assert [t.get_text() for t in ax.texts] == [str(u % 10) for u in sorted(range(128), key=lambda u: u % 10)]
+    first = net.fc1.weight[0].detach()  # digit 0's first tile: unit 0, the first of those that push 0
+    assert torch.allclose(mosaic[:28, :28], (first / first.abs().max()).reshape(28, 28))
+
+
+def test_hidden_units_picture_says_when_no_unit_pushes_a_digit(figures):
+    fig = plots.hidden_units(torch.randn(3, 784), torch.eye(10)[:, [2, 5, 2]], "784-3-10 relu", 1)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("no unit") == 8 and sorted(t for t in texts if t != "no unit") == ["2", "2", "5"]

@@ -251,5 +251,5 @@ def test_the_commands_run_end_to_end(fake_mnist, tmp_path):
     assert proc.returncode == 0 and proc.stdout.splitlines()[1].startswith("epoch 1/1  train loss "), proc.stderr
     proc = run_process("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu")
     assert proc.returncode == 0 and "test accuracy: " in proc.stdout and proc.stderr == "", proc.stderr
-    assert sorted(os.listdir(out)) == [".lock", "confusion_matrix.png", "history.json", "mistakes.png", "model.pt",
-                                       "training_curves.png"]
+    assert sorted(os.listdir(out)) == [".lock", "confusion_matrix.png", "hidden_units.png", "history.json",
+                                       "mistakes.png", "model.pt", "training_curves.png"]
