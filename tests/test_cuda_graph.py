@@ -1,7 +1,8 @@
 """cuda_graph.py: the step it records, run eagerly on the CPU batch by batch, against train.train_one_epoch
-bit for bit; where CUDA is present, the recorded graph against the eager loop."""
+bit for bit; where CUDA is present, the recorded graph against the eager loop, and train.py's choice."""
 import contextlib
 import copy
+import os
 
 import pytest
 import torch
@@ -135,6 +136,30 @@ def test_graphed_epoch_with_a_stand_in_graph_is_train_one_epoch_bit_for_bit(fake
     assert len(replays) == 4 * 13 - 2 * cuda_graph.WARMUP_STEPS  # warm-up again after the new lr
 
 
+def train_run(data_dir, out, *flags):
+    train.main(["--data-dir", data_dir, "--out", str(out), "--no-plots", *map(str, flags)])
+    return torch.load(os.path.join(out, "model.pt"), weights_only=True)
+
+
+def assert_same_run(a, b):
+    for key in a["model"]:
+        assert torch.equal(a["model"][key].view(torch.int32), b["model"][key].view(torch.int32)), key
+    assert torch.equal(a["generator"], b["generator"])  # the shuffle order goes on alike
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"]) and a["config"] == b["config"]
+
+
+def test_cpu_trains_eagerly_with_or_without_eager(fake_mnist, tmp_path, monkeypatch):
+    def no_graph(device):
+        raise AssertionError(f"a CUDA graph on {device}")
+
+    monkeypatch.setattr(cuda_graph, "GraphedEpoch", no_graph)
+    plain = train_run(fake_mnist, tmp_path / "plain", "--epochs", 2, "--device", "cpu")
+    eager = train_run(fake_mnist, tmp_path / "eager", "--epochs", 2, "--device", "cpu", "--eager")
+    assert_same_run(plain, eager)
+    assert "eager" not in plain["config"]  # not a setting: both ways give the same run
+
+
 @pytest.fixture()
 def counted(monkeypatch):
     """How often GraphedEpoch captured a graph and replayed one, from here on."""
@@ -191,3 +216,19 @@ def test_a_changed_learning_rate_is_captured_anew(fake_mnist, counted):
                                                                                   ref_optimizer, cuda)
     assert counted["captures"] == 2
     assert_same_bits(model, reference)
+
+
+@needs_cuda
+def test_train_py_replays_a_graph_on_cuda_and_resumes_with_a_new_lr_as_eager_does(fake_mnist, tmp_path, counted):
+    flags = ["--device", "cuda", "--batch-size", 48]
+    graph = tmp_path / "graph"
+    train_run(fake_mnist, graph, "--epochs", 2, "--lr", 0.05, *flags)
+    assert counted["captures"] == 1
+    graph_run = train_run(fake_mnist, graph, "--epochs", 4, "--lr", 0.1, "--resume", *flags)
+    assert counted["captures"] == 2  # a new process, or main(), captures with the lr it resumes with
+    eager = tmp_path / "eager"
+    train_run(fake_mnist, eager, "--epochs", 2, "--lr", 0.05, "--eager", *flags)
+    eager_run = train_run(fake_mnist, eager, "--epochs", 4, "--lr", 0.1, "--resume", "--eager", *flags)
+    assert counted["captures"] == 2
+    assert [h["lr"] for h in graph_run["history"]] == [0.05, 0.05, 0.1, 0.1]
+    assert_same_run(graph_run, eager_run)
