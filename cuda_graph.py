@@ -15,10 +15,11 @@ WARMUP_STEPS = 3  # eager steps before the capture, as in PyTorch's CUDA graph n
 
 
 def sgd_step(model, optimizer, x, y, total_loss, correct):
-    """train_one_epoch's step on the batch x, y, writing only into tensors that already exist: the grads
-    are zeroed in place, not replaced (a graph replays into the addresses it recorded), and the batch's
-    loss sum and correct count are added into total_loss and correct. Without a graph (a last smaller
-    batch, the warm-up, the CPU in the tests) it is an ordinary eager step."""
+    """train_one_epoch's step on the batch x, y, keeping its results in tensors that stay put: the grads
+    (once the first step has made them) are zeroed in place, not replaced, since a graph replays into
+    the addresses it recorded, and the batch's loss sum and correct count are added into total_loss and
+    correct. Without a graph (a last smaller batch, the warm-up, the CPU in the tests) it is an ordinary
+    eager step."""
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=False)  # backward then adds into zeros: 0 + grad, the grad's own value
