@@ -25,6 +25,9 @@ def read_runs(folders):
     found, skipped = [], []
     for folder in folders:
         path = os.path.join(folder, "model.pt")
+        if not folder.isprintable():  # a newline or an escape in its name would reach the terminal
+            skipped.append(f"skipped {ascii(folder)[1:-1]}: a name with control characters in it")
+            continue
         if not os.path.isfile(path):
             skipped.append(f"skipped {folder}: no model.pt, not a run")
             continue

@@ -103,6 +103,8 @@ def resume(args, given):
     """(checkpoint, its path, the folder the run goes on in, one line per setting a flag changes),
     for --resume [CHECKPOINT] (default: the newest run in --out); refuses what cannot go on."""
     path = args.resume or newest_checkpoint(args.out)
+    if not path.isprintable():  # it is printed below: a newline or escape would reach the terminal
+        raise UserError(f"{ascii(path)[1:-1]}: a path with control characters in it; rename it to resume it")
     ckpt = checkpoint.load(path)
     checkpoint.check_resumable(ckpt, path)
     config = ckpt["config"]

@@ -52,3 +52,18 @@ def test_with_nothing_to_compare_it_says_how_to_start(tmp_path):
     proc = run_script("compare.py", cwd=tmp_path)
     assert_one_line_error(proc, "no runs to compare", "train some with python train.py")
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_runs_it_cannot_show_are_skipped_with_one_line_each(trained, tmp_path):
+    out, _ = trained
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    for name, changed in (("good", ckpt), ("huge", dict(ckpt, history=[dict(h, lr=10**400) for h in ckpt["history"]])),
+                          ("clear\x1b[2J", ckpt)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        torch.save(changed, tmp_path / "runs" / name / "model.pt")
+    proc = run_script("compare.py", cwd=tmp_path)
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [r"skipped runs/clear\x1b[2J: a name with control characters in it",
+                                        "skipped runs/huge: runs/huge/model.pt: not a checkpoint of this train.py "
+                                        "(history entry 1 is incomplete); train a new one with python train.py"]
+    assert [row.split()[0] for row in proc.stdout.splitlines()[1:-1]] == ["runs/good"]
