@@ -1,12 +1,17 @@
 """draw.py over real HTTP on a free loopback port: answers from drawings and real digits, every
 kind of bad request answered with the right status while the server keeps serving, and load."""
+import base64
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
 import os
+import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,25 +24,32 @@ from PIL import Image, ImageDraw
 import checkpoint
 import data
 import draw
+import evaluate
 import photo
-from conftest import ROOT, huge_png
+from conftest import ROOT, huge_png, main_error
 
 
 @pytest.fixture(scope="module")
 def server(trained):
     """A draw.py server in this process, on a free port, with the small two-epoch model."""
     out, _ = trained
-    yield from serve(out / "model.pt")
+    with serve(out / "model.pt") as port_and_model:
+        yield port_and_model
 
 
+@contextlib.contextmanager
 def serve(path):
+    """(port, model) of a draw.py server running in this process until the block ends. It reads
+    draw's constants when it is made: a test that changes one (with monkeypatch) starts its own."""
     model = checkpoint.model_from(checkpoint.load(str(path)), str(path)).eval()
     httpd = draw.make_server(model, torch.device("cpu"), "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield httpd.server_address[1], model
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield httpd.server_address[1], model
+    finally:
+        httpd.shutdown()
+        httpd.server_close()  # waits for the threads of its connections: all they print is printed
 
 
 def request(port, method, path, body=None, headers=None):
@@ -74,20 +86,33 @@ def test_the_page_and_its_files_are_served(server):
             assert status == 200 and body == f.read()
 
 
-def test_a_prediction_is_the_same_as_evaluate_image_gives(server):
-    port, model = server
+def test_a_prediction_is_the_same_as_evaluate_image_gives(server, trained, tmp_path, capsys):
+    """The server's digit and top probability are those `python evaluate.py CKPT --image PATH` prints."""
+    port, _ = server
+    out, _ = trained
     status, answer = request(port, "POST", "/predict", stroke_one(), {"Content-Type": "image/png"})
     assert status == 200 and set(answer) == {"digit", "probabilities", "image", "note"}
-    small, x, _ = photo.read_digit(stroke_one())
-    expected = photo.classify(model, x, torch.device("cpu"))
-    assert answer["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert answer["digit"] == expected.argmax().item() and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
-    assert answer["image"] == "data:image/png;base64," + __import__("base64").b64encode(photo.png(small)).decode()
+    assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
+    seen = Image.open(io.BytesIO(base64.b64decode(answer["image"].removeprefix("data:image/png;base64,"))))
+    assert seen.format == "PNG" and seen.mode == "L" and seen.size == (28, 28)
+
+    drawing = tmp_path / "one.png"
+    drawing.write_bytes(stroke_one())
+    capsys.readouterr()
+    evaluate.main([str(out / "model.pt"), "--image", str(drawing), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    line = re.search(rf"^{re.escape(str(drawing))}: (\d) \(([\d.]+)%\)  top 3: (\d) [\d.]+%, (\d) [\d.]+%, (\d) ",
+                     printed, re.MULTILINE)
+    assert line, printed
+    assert answer["digit"] == int(line[1])
+    assert 100 * max(answer["probabilities"]) == pytest.approx(float(line[2]), abs=0.05 + 1e-4)  # printed to .1f
+    top3 = sorted(range(10), key=lambda d: -answer["probabilities"][d])[:3]
+    assert [int(d) for d in line.groups()[2:]] == top3, (printed, answer["probabilities"])
 
 
 def test_drawn_one_and_a_real_test_digit_are_read_right(real_run, real_mnist):
     out, _ = real_run
-    for port, _ in serve(out / "model.pt"):
+    with serve(out / "model.pt") as (port, _):
         status, answer = request(port, "POST", "/predict", stroke_one())
         assert status == 200 and answer["digit"] == 1, answer
         test_set = data.load_mnist(real_mnist, train=False)
@@ -133,15 +158,17 @@ def test_a_decompression_bomb_is_refused(server, tmp_path):
     assert status == 413 and "is more than this reads (50 megapixels)" in answer["error"]
 
 
-def test_a_slow_client_does_not_hold_up_the_others(server, monkeypatch):
-    port, _ = server
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
-        slow.sendall(b"POST /predict HTTP/1.1\r\nContent-")  # half a request, then nothing
-        start = time.perf_counter()
-        assert request(port, "POST", "/predict", stroke_one())[0] == 200
-        assert time.perf_counter() - start < 5
-        slow.settimeout(draw.TIMEOUT + 10)
-        assert slow.recv(100) == b""  # dropped after draw.TIMEOUT seconds, not kept forever
+def test_a_slow_client_does_not_hold_up_the_others(trained, monkeypatch):
+    monkeypatch.setattr(draw, "TIMEOUT", 3)  # seconds, not 10: a server of its own, quicker to drop it
+    with serve(trained[0] / "model.pt") as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nContent-")  # half a request, then nothing
+            start = time.perf_counter()
+            assert request(port, "POST", "/predict", stroke_one())[0] == 200
+            assert time.perf_counter() - start < 2  # well before the slow one is dropped
+            slow.settimeout(draw.TIMEOUT + 10)
+            assert slow.recv(100) == b""  # dropped after draw.TIMEOUT seconds, not kept forever
+            assert time.perf_counter() - start < draw.TIMEOUT + 2
 
 
 def test_a_connection_is_kept_for_the_next_drawing(server):
@@ -190,18 +217,23 @@ def test_the_command_prints_the_address_and_stops_on_ctrl_c(trained):
     assert proc.returncode == 130 and stderr.strip() == "interrupted (SIGINT): the server stopped"
 
 
-def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, server):
+def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, server, monkeypatch, capsys):
     out, _ = trained
     port, _ = server
-    proc = subprocess.run([sys.executable, "draw.py", str(out / "model.pt"), "--port", str(port)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
-    assert len(proc.stderr.splitlines()) == 1
-    proc = subprocess.Popen([sys.executable, "draw.py", str(out / "model.pt"), "--host", "0.0.0.0", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdout.readline()
-    proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert stderr.splitlines()[0] == ("warning: listening on 0.0.0.0: anyone who can reach this machine "
-                                      "can use the page")
+    assert main_error(draw, out / "model.pt", "--port", port).startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    made = []  # draw.main's server, to stop it from here as Ctrl-C would
+    monkeypatch.setattr(draw, "make_server", lambda *args, make=draw.make_server: made.append(make(*args)) or made[0])
+    capsys.readouterr()
+    main = threading.Thread(target=draw.main, args=([str(out / "model.pt"), "--host", "0.0.0.0", "--port", "0"],))
+    main.start()
+    printed, warned = "", ""
+    for _ in range(300):
+        out_now, err_now = capsys.readouterr()
+        printed, warned = printed + out_now, warned + err_now
+        if "open http://" in printed:
+            break
+        time.sleep(0.1)
+    made[0].shutdown()
+    main.join(timeout=30)
+    assert "open http://127.0.0.1:" in printed and not main.is_alive()
+    assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"

@@ -51,7 +51,7 @@ def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_pa
     from selenium.webdriver.support.ui import WebDriverWait
 
     out, _ = real_run
-    for port, _ in serve(out / "model.pt"):
+    with serve(out / "model.pt") as (port, _):
         browser.get(f"http://127.0.0.1:{port}/")
         pad = browser.find_element(By.ID, "pad")
         assert browser.find_element(By.ID, "digit").text == "?"
