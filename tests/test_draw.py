@@ -76,6 +76,10 @@ def stroke_one():
     return png(canvas)
 
 
+PNG = stroke_one()
+POST = b"POST /predict HTTP/1.1\r\nHost: x\r\n"  # the start of a request, for those sent byte by byte
+
+
 def test_the_page_and_its_files_are_served(server):
     port, _ = server
     status, page = request(port, "GET", "/")
@@ -237,3 +241,19 @@ def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, s
     main.join(timeout=30)
     assert "open http://127.0.0.1:" in printed and not main.is_alive()
     assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"
+
+
+def test_an_unexpected_error_reading_an_image_is_a_500_and_one_line(server, monkeypatch, capfd):
+    port, _ = server
+
+    def broken(*args):
+        raise RuntimeError("a bug in photo.py\nover two lines")
+
+    monkeypatch.setattr(photo, "read_digit", broken)
+    capfd.readouterr()
+    status, answer = request(port, "POST", "/predict", PNG)
+    assert status == 500 and answer == {"error": "could not read this image"}
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "RuntimeError" in err, err
+    monkeypatch.undo()
+    assert request(port, "POST", "/predict", PNG)[0] == 200
