@@ -116,6 +116,13 @@ def make_server(model, device, host=HOST, port=PORT):
     class Server(ThreadingHTTPServer):
         request_queue_size = 128  # the default 5 resets clients when many connect at once
 
+        def handle_error(self, request, client_address):
+            """One line for an unexpected error, not socketserver's traceback; a client that went away
+            (reset, broken pipe, out of time) is no news and says nothing."""
+            error = sys.exc_info()[1]
+            if not isinstance(error, (ConnectionError, TimeoutError)):
+                print(f"draw.py: a request from {client_address[0]} failed: {error!r}"[:300], file=sys.stderr)
+
         def server_close(self):
             super().server_close()
             readers.shutdown()

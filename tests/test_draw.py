@@ -243,6 +243,34 @@ def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, s
     assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"
 
 
+def test_clients_that_reset_before_the_answer_leave_no_traceback(trained, capfd):
+    linger = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, not a goodbye
+    with serve(trained[0] / "model.pt") as (port, _):
+        capfd.readouterr()
+        for whole in (True, False) * 4:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            s.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(PNG) + (PNG if whole else PNG[:100]))
+            if whole:
+                time.sleep(0.002)  # read, and being answered
+            s.close()
+        assert request(port, "POST", "/predict", PNG)[0] == 200
+    err = capfd.readouterr().err  # the server is closed: its threads have said all they will
+    assert "Traceback" not in err and err == "", err
+
+
+def test_an_unexpected_error_in_a_handler_is_one_line_not_a_traceback(server, monkeypatch, tmp_path, capfd):
+    port, _ = server
+    monkeypatch.setattr(draw, "PAGE", str(tmp_path / "gone"))  # the page's files went missing
+    capfd.readouterr()
+    with pytest.raises(http.client.RemoteDisconnected):  # the line is written before the connection is closed
+        request(port, "GET", "/")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "FileNotFoundError" in err, err
+    monkeypatch.undo()
+    assert request(port, "GET", "/")[0] == 200
+
+
 def test_an_unexpected_error_reading_an_image_is_a_500_and_one_line(server, monkeypatch, capfd):
     port, _ = server
 
