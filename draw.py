@@ -65,17 +65,54 @@ def make_server(model, device, host=HOST, port=PORT):
         timeout = TIMEOUT  # a client that sends half a request is dropped, never waited on forever
         server_version = "mnist-draw"
         protocol_version = "HTTP/1.1"  # keep-alive: the page sends many requests
+        # An answer to a request line too broken to name its version still starts with a status
+        # line (http.server would send the bare body, as HTTP/0.9 did).
+        default_request_version = "HTTP/1.0"
         disable_nagle_algorithm = True  # else each answer waits ~40 ms for the client's delayed ACK
 
-        def send(self, status, body, content_type="application/json"):
+        def handle_one_request(self):
+            """http.server's, with 405 for any method not served (it answers 501, in HTML)."""
+            self.command, self.requestline, self.request_version = None, "", self.default_request_version
+            self.wants_continue = False
+            try:
+                self.raw_requestline = self.rfile.readline(2**16 + 1)
+                if not self.raw_requestline:  # the client closed the connection
+                    self.close_connection = True
+                    return
+                if len(self.raw_requestline) > 2**16:
+                    return self.send_error(414, "the request line is longer than 64 KB")
+                if not self.parse_request():  # which has answered
+                    return
+            except TimeoutError:  # half a request, or none yet on a kept-alive connection: dropped
+                self.close_connection = True
+                return
+            getattr(self, "do_" + self.command, self.refuse_method)()
+            self.wfile.flush()
+
+        def send(self, status, body, content_type="application/json", headers=()):
+            """One answer; to HEAD without its body (HTTP: it has the headers GET would have)."""
             if content_type == "application/json":
                 body = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            for name, value in headers:
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")  # the client knows not to send another request
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own refusals (a broken request line, HTTP/2.0, 101 headers) in JSON too."""
+            self.close_connection = True  # what follows a refused request may not be a request
+            self.send(code, {"error": (message or self.responses.get(code, ("refused",))[0])[:200]})
+
+        def handle_expect_100(self):  # parse_request's: "100 Continue" waits until do_POST has checked the size
+            self.wants_continue = True
+            return True
 
         def do_GET(self):
             name, content_type = FILES.get(self.path.split("?")[0], (None, None))
@@ -89,12 +126,21 @@ def make_server(model, device, host=HOST, port=PORT):
             asked_to_close, self.close_connection = self.close_connection, True
             if self.path != "/predict":
                 return self.send(404, {"error": f"no endpoint at {self.path[:100]}"})
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
+            lengths = self.headers.get_all("Content-Length", [])
+            if lengths and "Transfer-Encoding" in self.headers:  # each side could end the body elsewhere
+                return self.send(400, {"error": "send a Content-Length or a Transfer-Encoding, not both"})
+            if not lengths:
                 return self.send(411, {"error": "send the image with a Content-Length"})
-            if length > MAX_BODY or length < 0:  # refused before reading a byte of it
+            if len(lengths) > 1:
+                return self.send(400, {"error": "send one Content-Length"})
+            if not (lengths[0].isascii() and lengths[0].isdigit()):  # int() takes -1, +1, 1_000 too
+                return self.send(400, {"error": f"the Content-Length {lengths[0][:20]!r} is not a number of bytes"})
+            length = int(lengths[0])
+            if length > MAX_BODY:  # refused before reading a byte of it, or asking for it
                 return self.send(413, {"error": f"{length:,} bytes is more than {MAX_BODY // 2**20} MB"})
+            if self.wants_continue:  # the client waits for this before it sends the body
+                self.send_response_only(100)
+                self.end_headers()
             try:
                 body = self.rfile.read(length)
             except TimeoutError:
@@ -104,11 +150,10 @@ def make_server(model, device, host=HOST, port=PORT):
             self.close_connection = asked_to_close
             self.send(*readers.submit(predict, model, device, body).result())
 
-        def refuse_method(self):
+        def refuse_method(self):  # any method but GET and POST: HEAD, PUT, TRACE, get, BREW...
             self.close_connection = True  # its body, if any, is not read
-            self.send(405, {"error": f"{self.command} is not served here: GET the page, POST /predict"})
-
-        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = refuse_method
+            self.send(405, {"error": f"{self.command[:20]} is not served here: GET the page, POST /predict"},
+                      headers=[("Allow", "GET, POST")])
 
         def log_message(self, format, *args):  # no line per request: the terminal stays readable
             pass

@@ -243,6 +243,84 @@ def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, s
     assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"
 
 
+# Raw HTTP: what http.client would not send, read as it comes.
+
+def exchange(port, raw, timeout=10):
+    """The server's whole reply to `raw`, sent on a new connection: read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except ConnectionResetError:  # closed with bytes of ours unread: what it sent has come all the same
+            pass
+    return reply
+
+
+def parse(reply):
+    """(status, {lowercase header: value}, body) of one reply."""
+    assert reply.startswith(b"HTTP/1.1 "), reply[:300]
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return int(status.split()[1]), {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}, body
+
+
+def assert_json_error(reply, status, message):
+    got, headers, body = parse(reply)
+    assert got == status and headers["content-type"] == "application/json", reply[:300]
+    assert int(headers["content-length"]) == len(body) and message in json.loads(body)["error"], reply[:300]
+
+
+BAD_REQUESTS = {  # what http.server itself answers in HTML, or does not refuse, and the JSON answer due
+    "garbage request line": (b"GARBAGE\r\n\r\n", 400, "Bad request syntax"),
+    "bad version": (b"GET / HTTP/1.x\r\n\r\n", 400, "Bad request version"),
+    "HTTP/2.0": (b"GET / HTTP/2.0\r\n\r\n", 505, "Invalid HTTP version (2.0)"),
+    "70 KB request line": (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "request line is longer than 64 KB"),
+    "101 headers": (b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 101 + b"\r\n", 431, "headers"),
+    "TRACE": (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "TRACE is not served here"),
+    "lowercase get": (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "get is not served here"),
+    "BREW": (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 405, "BREW is not served here"),
+    "no Content-Length": (POST + b"\r\n", 411, "Content-Length"),
+    "chunked": (POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411, "Content-Length"),
+    "Content-Length -1": (POST + b"Content-Length: -1\r\n\r\n", 400, "Content-Length"),
+    "Content-Length 1_000": (POST + b"Content-Length: 1_000\r\n\r\n" + b"x" * 1000, 400, "Content-Length"),
+    "Content-Length many": (POST + b"Content-Length: many\r\n\r\n", 400, "Content-Length"),
+    "two Content-Lengths": (POST + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n%s" % (len(PNG), len(PNG), PNG),
+                            400, "one Content-Length"),
+    "chunked and Content-Length": (POST + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%s"
+                                   % (len(PNG), PNG), 400, "Transfer-Encoding"),
+    "100-continue for 20 MB": (POST + b"Content-Length: 20971520\r\nExpect: 100-continue\r\n\r\n", 413,
+                               "is more than 4 MB"),
+}
+
+
+@pytest.mark.parametrize("raw, status, message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_every_error_is_one_json_answer_and_the_server_goes_on(server, raw, status, message):
+    port, _ = server
+    reply = exchange(port, raw)
+    assert b"100 Continue" not in reply  # a body that is refused is not asked for
+    assert_json_error(reply, status, message)
+    assert request(port, "POST", "/predict", PNG)[0] == 200
+
+
+def test_head_gets_405_without_a_body(server):
+    port, _ = server
+    status, headers, body = parse(exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert status == 405 and body == b"" and headers["allow"] == "GET, POST"
+
+
+def test_expect_100_continue_is_answered_once_the_size_is_fine(server):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(POST + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(PNG))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(PNG)
+        response = http.client.HTTPResponse(s)
+        response.begin()
+        assert response.status == 200 and "digit" in json.loads(response.read())
+
+
 def test_clients_that_reset_before_the_answer_leave_no_traceback(trained, capfd):
     linger = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, not a goodbye
     with serve(trained[0] / "model.pt") as (port, _):
