@@ -8,15 +8,22 @@ takes the bytes of an image (the canvas as PNG, or a photo) and answers JSON: th
 probabilities, the digit, and the 28x28 image the network saw. It goes through photo.read_digit,
 as evaluate.py --image does, so a drawing and a saved photo of it get the same answer.
 Standard library only: http.server's ThreadingHTTPServer. Ctrl-C stops it.
+
+Whatever clients send, memory and threads stay bounded: a request must arrive whole within TIMEOUT
+seconds however slowly it trickles in, its request line and headers within MAX_HEAD bytes, its body
+within MAX_BODY; at most MAX_CONNECTIONS connections are served at once, the next get a 503 at once.
 """
 import cli  # first: Ctrl-C while torch loads ends in one line too
 
 import base64
 import concurrent.futures
+import io
 import ipaddress
 import json
 import os
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import checkpoint
@@ -29,10 +36,52 @@ PORT = 8000
 MAX_BODY = 4 * 2**20  # bytes; a phone photo is 2-5 MB as JPEG
 MAX_PIXELS = 50_000_000  # a decoded image costs up to 4 bytes a pixel: bounded per request
 AT_ONCE = 2  # threads that read images (one a core): memory stays bounded under any load
-TIMEOUT = 10  # seconds a client may take to send its request
+TIMEOUT = 10  # seconds a client may take to send a whole request: request line, headers and body
+MAX_HEAD = 64 * 2**10  # bytes of request line and headers together (http.server alone takes ~6 MB)
+MAX_CONNECTIONS = 64  # served at once, a thread each; beyond them a connection gets 503 and no thread
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/draw.css": ("draw.css", "text/css; charset=utf-8"),
          "/draw.js": ("draw.js", "text/javascript; charset=utf-8")}  # what is served: nothing else
+
+
+class HeadTooLarge(Exception):
+    """The request line and headers are more than MAX_HEAD bytes."""
+
+
+class RequestReader(io.RawIOBase):
+    """A connection's socket, read against one deadline per request. The time left is the timeout of
+    each read: a client sending a byte every few seconds runs out of time all the same."""
+
+    def __init__(self, sock):
+        self.sock, self.deadline = sock, 0.0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the request took more than {TIMEOUT} s")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class RequestFile(io.BufferedReader):
+    """A handler's rfile: RequestReader, buffered. readline, which http.server uses for the request
+    line and headers only (a body is read with read), stops at MAX_HEAD bytes a request."""
+    head_left = 0
+
+    def start(self):
+        """A new request: its deadline starts now, and its head may take MAX_HEAD bytes."""
+        self.raw.deadline = time.monotonic() + TIMEOUT
+        self.head_left = MAX_HEAD
+
+    def readline(self, size=-1):
+        if self.head_left <= 0:
+            raise HeadTooLarge
+        line = super().readline(self.head_left if size < 0 else min(size, self.head_left))
+        self.head_left -= len(line)
+        return line
 
 
 def predict(model, device, body):
@@ -62,7 +111,6 @@ def make_server(model, device, host=HOST, port=PORT):
     readers = concurrent.futures.ThreadPoolExecutor(AT_ONCE, thread_name_prefix="reader")
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = TIMEOUT  # a client that sends half a request is dropped, never waited on forever
         server_version = "mnist-draw"
         protocol_version = "HTTP/1.1"  # keep-alive: the page sends many requests
         # An answer to a request line too broken to name its version still starts with a status
@@ -70,19 +118,27 @@ def make_server(model, device, host=HOST, port=PORT):
         default_request_version = "HTTP/1.0"
         disable_nagle_algorithm = True  # else each answer waits ~40 ms for the client's delayed ACK
 
+        def setup(self):
+            super().setup()
+            self.rfile.close()  # http.server's, replaced by one that keeps the deadline and MAX_HEAD
+            self.rfile = RequestFile(RequestReader(self.connection))
+
         def handle_one_request(self):
-            """http.server's, with 405 for any method not served (it answers 501, in HTML)."""
+            """http.server's, with the deadline and MAX_HEAD, and 405 for any method not served."""
+            self.rfile.start()
             self.command, self.requestline, self.request_version = None, "", self.default_request_version
             self.wants_continue = False
             try:
-                self.raw_requestline = self.rfile.readline(2**16 + 1)
+                self.raw_requestline = self.rfile.readline()
                 if not self.raw_requestline:  # the client closed the connection
                     self.close_connection = True
                     return
-                if len(self.raw_requestline) > 2**16:
-                    return self.send_error(414, "the request line is longer than 64 KB")
+                if self.rfile.head_left <= 0:
+                    return self.send_error(414, f"the request line is longer than {MAX_HEAD // 2**10} KB")
                 if not self.parse_request():  # which has answered
                     return
+            except HeadTooLarge:
+                return self.send_error(431, f"the request line and headers are more than {MAX_HEAD // 2**10} KB")
             except TimeoutError:  # half a request, or none yet on a kept-alive connection: dropped
                 self.close_connection = True
                 return
@@ -93,6 +149,7 @@ def make_server(model, device, host=HOST, port=PORT):
             """One answer; to HEAD without its body (HTTP: it has the headers GET would have)."""
             if content_type == "application/json":
                 body = json.dumps(body).encode()
+            self.connection.settimeout(TIMEOUT)  # a client that does not take its answer is dropped too
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -158,8 +215,33 @@ def make_server(model, device, host=HOST, port=PORT):
         def log_message(self, format, *args):  # no line per request: the terminal stays readable
             pass
 
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # one for each connection being served
+    busy = json.dumps({"error": "the server is busy: try again in a moment"}).encode()
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(busy), busy))
+
     class Server(ThreadingHTTPServer):
         request_queue_size = 128  # the default 5 resets clients when many connect at once
+
+        def process_request(self, request, client_address):
+            if not slots.acquire(blocking=False):  # all taken: answered at once, with no thread of its own
+                request.setblocking(False)  # this is the thread that accepts: it never waits on a client
+                try:
+                    request.sendall(busy)
+                except OSError:
+                    pass
+                return self.shutdown_request(request)
+            try:
+                super().process_request(request, client_address)  # starts a thread for it
+            except BaseException:
+                slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
 
         def handle_error(self, request, client_address):
             """One line for an unexpected error, not socketserver's traceback; a client that went away

@@ -277,6 +277,9 @@ BAD_REQUESTS = {  # what http.server itself answers in HTML, or does not refuse,
     "bad version": (b"GET / HTTP/1.x\r\n\r\n", 400, "Bad request version"),
     "HTTP/2.0": (b"GET / HTTP/2.0\r\n\r\n", 505, "Invalid HTTP version (2.0)"),
     "70 KB request line": (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "request line is longer than 64 KB"),
+    # 80 lines of 1.3 KB: each, and their count, within http.server's own limits
+    "104 KB of headers": (b"GET / HTTP/1.1\r\n" + b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 1300) for i in range(80))
+                          + b"\r\n", 431, "more than 64 KB"),
     "101 headers": (b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 101 + b"\r\n", 431, "headers"),
     "TRACE": (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "TRACE is not served here"),
     "lowercase get": (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "get is not served here"),
@@ -319,6 +322,85 @@ def test_expect_100_continue_is_answered_once_the_size_is_fine(server):
         response = http.client.HTTPResponse(s)
         response.begin()
         assert response.status == 200 and "digit" in json.loads(response.read())
+
+
+# Limits: a deadline for the whole request, and a cap on connections.
+
+def stalled(port, count, start=b"POST /predict HTTP/1.1\r\nContent-"):
+    """`count` connections that sent the start of a request and nothing more."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    for s in sockets:
+        s.sendall(start)
+    return sockets
+
+
+def connection_threads():
+    """The server threads handling a connection, in all servers of this process."""
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
+def closed_after(s, seconds, drip):
+    """Send `drip` once every 0.2 s for up to `seconds`: (seconds until the server closed the connection
+    or None, what it sent)."""
+    start, reply = time.perf_counter(), b""
+    while time.perf_counter() - start < seconds:
+        try:
+            s.sendall(drip)
+            if select.select([s], [], [], 0.2)[0]:
+                chunk = s.recv(65536)
+                reply += chunk
+                if not chunk:
+                    return time.perf_counter() - start, reply
+        except (BrokenPipeError, ConnectionResetError):
+            return time.perf_counter() - start, reply
+    return None, reply
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off_at_the_deadline_with_408(trained, monkeypatch):
+    monkeypatch.setattr(draw, "TIMEOUT", 1)  # seconds for the whole request
+    with serve(trained[0] / "model.pt") as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(POST + b"Content-Length: 1000\r\n\r\n")
+            seconds, reply = closed_after(s, 5, b"x")  # a byte every 0.2 s: each read gets one in time
+    assert seconds is not None and seconds < 2.5, seconds
+    assert_json_error(reply, 408, "did not arrive in time")
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_deadline(trained, monkeypatch):
+    monkeypatch.setattr(draw, "TIMEOUT", 1)
+    with serve(trained[0] / "model.pt") as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+            seconds, _ = closed_after(s, 5, b"x")
+        assert seconds is not None and seconds < 2.5, seconds
+        assert request(port, "GET", "/")[0] == 200
+
+
+def test_connections_beyond_the_cap_get_503_at_once_and_threads_stay_bounded(trained, monkeypatch):
+    monkeypatch.setattr(draw, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(draw, "TIMEOUT", 5)  # the stalled ones stay while the others knock
+    with serve(trained[0] / "model.pt") as (port, _):
+        before = len(connection_threads())
+        held = stalled(port, 4)
+        time.sleep(0.3)  # accepted, each by a thread of its own
+        start = time.perf_counter()
+        refused = stalled(port, 20)  # 20 more: no thread each, an answer each at once
+        for s in refused:
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            assert_json_error(reply, 503, "busy")
+            s.close()
+        assert time.perf_counter() - start < 2
+        assert len(connection_threads()) - before <= 4
+        for s in held:
+            s.close()  # their slots come free
+        for _ in range(50):
+            status, _ = request(port, "GET", "/")
+            if status == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200
 
 
 def test_clients_that_reset_before_the_answer_leave_no_traceback(trained, capfd):
