@@ -172,6 +172,8 @@ def make_server(model, device, host=HOST, port=PORT):
             return True
 
         def do_GET(self):
+            if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+                self.close_connection = True  # a body it sent is not read: it must not pass for the next request
             name, content_type = FILES.get(self.path.split("?")[0], (None, None))
             if name is None:
                 return self.send(404, {"error": f"no page at {self.path[:100]}"})

@@ -198,6 +198,12 @@ def test_an_unread_body_does_not_pass_for_the_next_request(server):
     assert reply.startswith(b"HTTP/1.1 404 ") and reply.count(b"HTTP/1.1 ") == 1
 
 
+def test_an_unread_get_body_does_not_pass_for_the_next_request(server):
+    port, _ = server
+    reply = exchange(port, b"GET /draw.css HTTP/1.1\r\nContent-Length: 26\r\n\r\nGET /draw.css HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 ") == 1
+
+
 def test_50_concurrent_requests_are_all_answered(server):
     port, _ = server
     body = stroke_one()
