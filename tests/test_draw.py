@@ -43,13 +43,14 @@ def serve(path):
     draw's constants when it is made: a test that changes one (with monkeypatch) starts its own."""
     model = checkpoint.model_from(checkpoint.load(str(path)), str(path)).eval()
     httpd = draw.make_server(model, torch.device("cpu"), "127.0.0.1", 0)
+    httpd.daemon_threads = False  # so that server_close waits for the threads of its connections
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
         yield httpd.server_address[1], model
     finally:
         httpd.shutdown()
-        httpd.server_close()  # waits for the threads of its connections: all they print is printed
+        httpd.server_close()  # then all they print is printed
 
 
 def request(port, method, path, body=None, headers=None):
