@@ -146,7 +146,7 @@ def make_server(model, device, host=HOST, port=PORT):
             self.wfile.flush()
 
         def send(self, status, body, content_type="application/json", headers=()):
-            """One answer; to HEAD without its body (HTTP: it has the headers GET would have)."""
+            """One answer; to HEAD, its status and headers only (HTTP allows no body there)."""
             if content_type == "application/json":
                 body = json.dumps(body).encode()
             self.connection.settimeout(TIMEOUT)  # a client that does not take its answer is dropped too
