@@ -1,6 +1,7 @@
 """The draw page in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by
 Selenium with the system chromedriver, nothing downloaded) draws a 7 with pointer events and must
-show a digit and ten bars, with no errors in the console. Skips without Chromium, except under CI.
+show a digit and ten bars, with no errors in the console, and no broken image before the first
+answer or after Clear. Skips without Chromium, except under CI.
 
 SCREENSHOT=docs/draw.png python -m pytest tests/test_draw_browser.py also writes the picture
 the README shows.
@@ -45,21 +46,45 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_path):
+def draw_seven(browser, pad):
+    """A 7 with pointer events: a bar along the top, then down to the left (offsets from the canvas's centre)."""
     from selenium.webdriver.common.action_chains import ActionChains
+
+    strokes = ActionChains(browser).move_to_element_with_offset(pad, -70, -90).click_and_hold()
+    for dx, dy in ((-30, -90), (10, -90), (50, -90), (70, -90), (50, -30), (30, 30), (10, 90)):
+        strokes.move_to_element_with_offset(pad, dx, dy)
+    strokes.release().perform()
+
+
+def test_no_broken_image_before_the_first_answer_nor_after_clear(browser, trained):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out, _ = trained
+    with serve(out / "model.pt") as (port, _):
+        browser.get(f"http://127.0.0.1:{port}/")
+        seen = browser.find_element(By.ID, "seen")
+        assert not seen.is_displayed()  # an <img> without src shows the broken-image icon
+        box = browser.find_element(By.CSS_SELECTOR, ".screen")
+        assert box.is_displayed() and box.size["height"] >= 168  # a black square where the image will be
+        draw_seven(browser, browser.find_element(By.ID, "pad"))
+        WebDriverWait(browser, 20).until(lambda b: seen.is_displayed())
+        assert seen.get_attribute("src").startswith("data:image/png;base64,")
+        browser.find_element(By.ID, "clear").click()
+        assert not seen.is_displayed() and browser.find_element(By.ID, "digit").text == "?"
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     out, _ = real_run
-    for port, _ in serve(out / "model.pt"):
+    with serve(out / "model.pt") as (port, _):
         browser.get(f"http://127.0.0.1:{port}/")
         pad = browser.find_element(By.ID, "pad")
         assert browser.find_element(By.ID, "digit").text == "?"
-        # a 7: a bar along the top, then down to the left; offsets from the canvas's centre
-        strokes = ActionChains(browser).move_to_element_with_offset(pad, -70, -90).click_and_hold()
-        for dx, dy in ((-30, -90), (10, -90), (50, -90), (70, -90), (50, -30), (30, 30), (10, 90)):
-            strokes.move_to_element_with_offset(pad, dx, dy)
-        strokes.release().perform()
+        draw_seven(browser, pad)
         WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "digit").text != "?")
         WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "seen").get_attribute("src"))
         assert browser.find_element(By.ID, "digit").text == "7"
