@@ -13,7 +13,7 @@ Whatever clients send, memory and threads stay bounded: a request must arrive wh
 seconds however slowly it trickles in, its request line and headers within MAX_HEAD bytes, its body
 within MAX_BODY; at most MAX_CONNECTIONS connections are served at once, the next get a 503 at once.
 """
-import cli  # first: Ctrl-C while torch loads ends in one line too
+import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
 
 import base64
 import concurrent.futures
@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
 
 import checkpoint
 import photo
@@ -266,7 +268,7 @@ def main(argv=None):
     p.add_argument("--port", type=cli.int_in(0, 65535), default=PORT, help="port to listen on")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")
     args = p.parse_args(argv)
-    cli.set_threads(THREADS)
+    torch.set_num_threads(THREADS)
     device = cli.device(args.device)
     path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
     ckpt = checkpoint.load(path)
@@ -279,12 +281,13 @@ def main(argv=None):
     host, port = server.server_address[:2]
     if not ipaddress.ip_address(host).is_loopback:
         print(f"warning: listening on {host}: anyone who can reach this machine can use the page", file=sys.stderr)
-    print(f"model {path}: {ckpt['arch']}, epoch {ckpt['epoch']}, device {device}", flush=True)
+    print(f"model {path}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}", flush=True)
     print(f"open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ in a browser (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("the server stopped") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP: cli.run says which
+        stop.add_note("the server stopped")
+        raise
     finally:
         server.server_close()
 
