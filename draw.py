@@ -42,7 +42,7 @@ TIMEOUT = 10  # seconds a client may take to send a whole request: request line,
 MAX_HEAD = 64 * 2**10  # bytes of request line and headers together (http.server alone takes ~6 MB)
 MAX_CONNECTIONS = 64  # served at once, a thread each; beyond them a connection gets 503 and no thread
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
-FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/draw.css": ("draw.css", "text/css; charset=utf-8"),
+PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/draw.css": ("draw.css", "text/css; charset=utf-8"),
          "/draw.js": ("draw.js", "text/javascript; charset=utf-8")}  # what is served: nothing else
 
 
@@ -176,7 +176,7 @@ def make_server(model, device, host=HOST, port=PORT):
         def do_GET(self):
             if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
                 self.close_connection = True  # a body it sent is not read: it must not pass for the next request
-            name, content_type = FILES.get(self.path.split("?")[0], (None, None))
+            name, content_type = PAGE_FILES.get(self.path.split("?")[0], (None, None))
             if name is None:
                 return self.send(404, {"error": f"no page at {self.path[:100]}"})
             with open(os.path.join(PAGE, name), "rb") as f:

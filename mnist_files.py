@@ -11,7 +11,7 @@ import struct
 from cli import UserError
 
 SPLITS = {"train": 60_000, "t10k": 10_000}  # the real files' counts
-FILES = {f"{split}-{kind}": (magic, shape, split)  # name -> (IDX magic number, one item's shape, split)
+IDX_FILES = {f"{split}-{kind}": (magic, shape, split)  # name -> (IDX magic number, one item's shape, split)
          for split in SPLITS for kind, magic, shape in (("images-idx3-ubyte", 2051, (28, 28)),
                                                         ("labels-idx1-ubyte", 2049, ()))}
 FIX = "delete it to download it again, or replace it with the original file"
@@ -38,13 +38,13 @@ def ensure(data_dir, train, download):
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"--data-dir {os.path.abspath(data_dir)} is a file, not a folder: "
                         "pass the folder that holds MNIST/raw/")
-    for name in FILES:
+    for name in IDX_FILES:
         problem = kind_problem(os.path.join(raw, name))
         if problem:
             raise UserError(f"{problem}: {FIX}")
-    missing = [name for name in FILES if not os.path.exists(os.path.join(raw, name))]
+    missing = [name for name in IDX_FILES if not os.path.exists(os.path.join(raw, name))]
     for folder in (os.path.abspath(data_dir), os.path.join(os.path.abspath(data_dir), "raw")):
-        if missing and all(os.path.isfile(os.path.join(folder, name)) for name in FILES):
+        if missing and all(os.path.isfile(os.path.join(folder, name)) for name in IDX_FILES):
             raise UserError(f"the MNIST files are in {folder}/, but they belong in <data dir>/MNIST/raw/: "
                             f"pass the folder above MNIST/ as --data-dir, or move them into {raw}/")
     if missing and download:
@@ -76,13 +76,13 @@ def fetch(data_dir, raw, missing):
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         which = (f"{missing[0]} is missing from {raw}/" if len(missing) == 1 else f"MNIST is not in {raw}/")
         raise UserError(f"{which} and the download failed ({reason}). Put the four files "
-                        f"{', '.join(FILES)} (unzipped) into {raw}/, or pass --data-dir to a folder "
+                        f"{', '.join(IDX_FILES)} (unzipped) into {raw}/, or pass --data-dir to a folder "
                         "that has MNIST/raw/ in it") from None
 
 
 def check_idx(path):
-    """The item count of a whole, sound IDX file of uint8 items as FILES describes it."""
-    magic, item_shape, split = FILES[os.path.basename(path)]
+    """The item count of a whole, sound IDX file of uint8 items as IDX_FILES describes it."""
+    magic, item_shape, split = IDX_FILES[os.path.basename(path)]
     header_len = 4 + 4 * (1 + len(item_shape))
     size = os.path.getsize(path)
     with open(path, "rb") as f:
