@@ -24,10 +24,14 @@ STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in
 
 def folder_name(config, arch=STANDARD):
     """'lr0.01-bs64'; 'h128-relu-' first for another network, '-seed3' for a seed other than 0."""
-    (sizes, activation), (standard_sizes, standard_activation) = arch.split(" "), STANDARD.split(" ")
-    hidden, standard_hidden = sizes.split("-")[1], standard_sizes.split("-")[1]
-    net = (f"h{hidden}-" if hidden != standard_hidden else "") + (f"{activation}-" if activation != standard_activation else "")
-    return net + f"lr{config['lr']:g}-bs{config['batch_size']}" + (f"-seed{config['seed']}" if config["seed"] else "")
+    def hidden_and_activation(arch):  # '784-128-10 relu' -> ('128', 'relu')
+        sizes, activation = arch.split(" ")
+        return sizes.split("-")[1], activation
+
+    (hidden, activation), (standard_hidden, standard_activation) = map(hidden_and_activation, (arch, STANDARD))
+    parts = [f"h{hidden}"] * (hidden != standard_hidden) + [activation] * (activation != standard_activation)
+    parts += [f"lr{config['lr']:g}", f"bs{config['batch_size']}"] + [f"seed{config['seed']}"] * (config["seed"] != 0)
+    return "-".join(parts)
 
 
 class Run:
