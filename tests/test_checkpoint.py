@@ -182,10 +182,10 @@ def test_non_finite_weights_are_refused(good, fake_mnist, tmp_path):
 
 def test_old_runs_stay_usable_after_model_py_changes(good, fake_mnist, monkeypatch, capsys, tmp_path):
     path, _ = good
-    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots", "--device", "cpu"])
     before = capsys.readouterr().out.splitlines()
     monkeypatch.setattr(model.Net.__init__, "__defaults__", (128, nn.ReLU))  # HIDDEN = 128, ACTIVATION = nn.ReLU
-    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots", "--device", "cpu"])
     after = capsys.readouterr().out.splitlines()
     assert after[0] == f"checkpoint {path}: 784-64-10 sigmoid (model.py now builds 784-128-10 relu), epoch 2, device cpu"
     assert after[1:] == before[1:]  # the same network as before the edit, the same report
