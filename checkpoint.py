@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cli import UserError
-from model import Net, architecture
+from model import ACTIVATION, Net, architecture
 
 MAX_BYTES = 64 * 2**20  # ours are 0.2 MB; this leaves room for a 784-20000-10 network
 MAX_PICKLE = 2**20  # the dict without its tensors: a history of about 12,000 epochs (84 bytes each)
@@ -32,8 +32,8 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "se
 CONFIG_TYPES = {"epochs": int, "batch_size": int, "lr": float, "seed": int, "loader": str}
 TRAIN_AGAIN = "train a new one with python train.py"
 ARCH = re.compile(r"784-([1-9][0-9]{0,6})-10 ([a-z0-9_]+)")  # what model.architecture writes
-ACTIVATIONS = {cls.__name__.lower(): cls for cls in vars(nn.modules.activation).values()
-               if isinstance(cls, type) and issubclass(cls, nn.Module)}  # by their names in an arch
+MODULES = {cls.__name__.lower(): cls for cls in vars(nn).values()
+           if isinstance(cls, type) and issubclass(cls, nn.Module)}  # an arch names its activation so
 
 
 def dumps(ckpt):
@@ -154,14 +154,16 @@ def network(arch, path):
     """A Net built as `arch` says ('784-128-10 relu'), whatever model.py's HIDDEN and ACTIVATION are
     now; UserError if model.py cannot build it (a layer added or removed, say)."""
     match = ARCH.fullmatch(arch)
-    activation = ACTIVATIONS.get(match[2]) if match else None
+    known = MODULES | {ACTIVATION.__name__.lower(): ACTIVATION}  # model.py's own, if it defines one
+    activation = known.get(match[2]) if match else None
     try:
-        model = Net(int(match[1]), activation) if activation else None
-    except (TypeError, ValueError):
-        model = None
-    if model is None or architecture(model) != arch:
+        net = Net(int(match[1]), activation)
+        net(torch.zeros(1, 784))  # an activation that needs arguments, or is no activation, fails here
+    except Exception:
+        net = None
+    if net is None or architecture(net) != arch:
         raise UserError(not_buildable(path, arch))
-    return model
+    return net
 
 
 def not_buildable(path, arch, reason=""):

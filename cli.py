@@ -100,11 +100,17 @@ def device(name):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt, so both end alike."""
+    """Ctrl-C, SIGTERM or SIGHUP, with what to say about it: raised where Ctrl-C raises
+    KeyboardInterrupt, so all three end alike."""
 
-    def __init__(self, signum):
-        super().__init__()
+    def __init__(self, signum=signal.SIGINT, said=""):
+        super().__init__(said)
         self.signum = signum
+
+    @classmethod
+    def saying(cls, stop, said):
+        """The KeyboardInterrupt `stop` (whichever signal it came from), with `said` to print."""
+        return cls(getattr(stop, "signum", signal.SIGINT), said)
 
 
 def _stop(signum, frame):
@@ -145,7 +151,7 @@ def run(main):
             previous[s] = signal.SIG_IGN
             signal.signal(s, signal.SIG_IGN)
         signum = getattr(e, "signum", signal.SIGINT)
-        said = "; ".join([str(e)] * bool(str(e)) + getattr(e, "__notes__", []))  # what was kept, how to go on
+        said = str(e)  # what was kept, and how to go on
         print(f"\ninterrupted ({signal.Signals(signum).name}){': ' + said if said else ''}", file=sys.stderr)
         sys.exit(128 + signum)
     except BrokenPipeError:

@@ -30,7 +30,7 @@ def build_loaders(data_dir, batch_size, seed, loader="fast", device="cpu"):
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed))
     if loader == "fast":  # the same batches from the images held in one tensor (fast_mnist.py)
-        train_loader = fast_mnist.like(train_loader, device)
+        train_loader = fast_mnist.loader_like(train_loader, device)
     return train_loader, build_test_loader(data_dir, loader, device)
 
 
@@ -40,5 +40,5 @@ def build_test_loader(data_dir, loader="fast", device="cpu"):
     # a DataLoader draws a number at every pass: from its own generator, not the global one
     test_loader = DataLoader(test_set, batch_size=TEST_BATCH_SIZE, shuffle=False, generator=torch.Generator())
     if loader == "fast":
-        test_loader = fast_mnist.like(test_loader, device)
+        test_loader = fast_mnist.loader_like(test_loader, device)
     return test_loader

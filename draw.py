@@ -286,8 +286,7 @@ def main(argv=None):
     try:
         server.serve_forever()
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP: cli.run says which
-        stop.add_note("the server stopped")
-        raise
+        raise cli.Stopped.saying(stop, "the server stopped") from None
     finally:
         server.server_close()
 

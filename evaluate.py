@@ -63,7 +63,7 @@ def evaluate_keeping(model, loader, device):
 def parse_args(argv):
     p = cli.ArgumentParser(description="Evaluate a train.py checkpoint on the MNIST test set.")
     p.add_argument("checkpoint", nargs="?", help=f"checkpoint file (default: the newest in {RUNS_DIR}/)")
-    p.add_argument("--data-dir", default=DATA_DIR, help="folder that holds MNIST/raw/")
+    p.add_argument("--data-dir", help=f"folder that holds MNIST/raw/ (default: the run's own, else {DATA_DIR})")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-plots", action="store_true",
                    help="do not draw confusion_matrix.png, mistakes.png and hidden_units.png")
@@ -93,7 +93,7 @@ def main(argv=None):
     hint = "pass --no-plots, or --plots-dir DIR for the pictures"
     if not args.no_plots:
         runs.check_writable(folder, hint)
-    loader = data.build_test_loader(args.data_dir, device=device)
+    loader = data.build_test_loader(args.data_dir or ckpt["config"].get("data_dir", DATA_DIR), device=device)
     loss, confusion, images, probs, labels = evaluate_keeping(model, loader, device)
     print(format_report(loss, confusion))
     if not args.no_plots:

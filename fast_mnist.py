@@ -27,6 +27,9 @@ class InMemoryMNIST(Dataset):
     def __len__(self):
         return len(self.targets)
 
+    def __getitem__(self, i):  # one image, as datasets.MNIST gives it (the loader takes whole batches)
+        return self.values[self.images[i].long()], int(self.targets[i])
+
     def __getitems__(self, indices):
         # index_select is several times quicker than images[indices]
         images = self.images.index_select(0, indices)
@@ -58,7 +61,7 @@ def as_is(batch):
     return batch  # __getitems__ made the batch already: nothing to collate
 
 
-def like(loader, device):
+def loader_like(loader, device):
     """A loader giving the batches of `loader` (a DataLoader over a torchvision MNIST, shuffled or
     not, with its generator), as (images, labels) on `device`, from the data set held in memory."""
     data = InMemoryMNIST(loader.dataset, device)

@@ -9,6 +9,7 @@ import torch
 
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid
 LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover the lines
+MAX_TILES = 512  # hidden units drawn at most: a 784-20000-10 network would take minutes and 50 MB
 TILES_PER_ROW = 16  # hidden-unit tiles: a digit with more units than this goes on over more rows
 
 
@@ -124,6 +125,8 @@ def hidden_units(fc1_weight, fc2_weight, arch, epoch):
     is, matters less here than what it responds to.
 
     The tiles are drawn as one image, not one axes each: 64 axes took 2.5 s, one image a fraction."""
+    units = len(fc1_weight)
+    fc1_weight, fc2_weight = fc1_weight[:MAX_TILES], fc2_weight[:, :MAX_TILES]  # a picture that stays a picture
     order, digits, scale = hidden_unit_layout(fc1_weight, fc2_weight)
     weights = fc1_weight.detach().cpu().float()
     per_digit = [digits.count(d) for d in range(10)]
@@ -155,7 +158,8 @@ def hidden_units(fc1_weight, fc2_weight, arch, epoch):
     bar = fig.colorbar(im, ax=ax, shrink=min(0.6, 4 / sum(rows)), aspect=15, ticks=[-1, 0, 1])
     bar.ax.set_yticklabels(["−max: off", "0", "+max: on"], fontsize=8)
     bar.set_label("weight ÷ the tile's\nlargest |weight|", fontsize=8)
-    fig.suptitle(f"{arch}, epoch {epoch}: the input weights of its {len(order)} hidden units\n"
+    shown = f"{len(order)} hidden units" if len(order) == units else f"first {len(order)} of {units} hidden units"
+    fig.suptitle(f"{arch}, epoch {epoch}: the input weights of its {shown}\n"
                  "red: ink there turns the unit on, blue: turns it off; each tile on its own colour scale",
                  fontsize=10)
     return png(fig)

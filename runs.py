@@ -16,6 +16,7 @@ except ImportError:  # Windows: no advisory locks, so two runs into one folder a
     fcntl = None
 
 import checkpoint
+import cli
 from cli import UserError, signals_held
 
 RUN_FILES = ("model.pt", "history.json", "training_curves.png")
@@ -24,11 +25,8 @@ STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in
 
 def folder_name(config, arch=STANDARD):
     """'lr0.01-bs64'; 'h128-relu-' first for another network, '-seed3' for a seed other than 0."""
-    def hidden_and_activation(arch):  # '784-128-10 relu' -> ('128', 'relu')
-        sizes, activation = arch.split(" ")
-        return sizes.split("-")[1], activation
-
-    (hidden, activation), (standard_hidden, standard_activation) = map(hidden_and_activation, (arch, STANDARD))
+    (hidden, activation), (standard_hidden, standard_activation) = (checkpoint.ARCH.fullmatch(a).groups()
+                                                                    for a in (arch, STANDARD))
     parts = [f"h{hidden}"] * (hidden != standard_hidden) + [activation] * (activation != standard_activation)
     parts += [f"lr{config['lr']:g}", f"bs{config['batch_size']}"] + [f"seed{config['seed']}"] * (config["seed"] != 0)
     return "-".join(parts)
@@ -49,13 +47,23 @@ class Run:
     """
 
     def __init__(self, out, config, arch, exact=False, continues=None):
-        self.folder = out if exact or continues else new_folder(out, folder_name(config, arch))
+        self.made = not (exact or continues)  # a new folder, ours to remove if nothing gets saved in it
+        self.folder = new_folder(out, folder_name(config, arch)) if self.made else out
         self.model_path = os.path.join(self.folder, "model.pt")
-        self.saved = None  # (epoch, of how many) once this run has saved one
+        self.continues, self.saved = continues, None  # saved: (epoch, of how many) once this run saved one
         check_writable(self.folder, "pass --out DIR")
         self.lock = lock(self.folder)
-        for stale in glob.glob(os.path.join(self.folder, "*.tmp")):  # a killed run's; we hold the lock now
-            os.unlink(stale)
+        try:
+            self.check_files(continues)
+        except BaseException:
+            self.close()
+            raise
+        for name in RUN_FILES:  # half-written by a killed run; we hold the lock now
+            for stale in glob.glob(os.path.join(glob.escape(self.folder), glob.escape(name) + ".*.tmp")):
+                os.unlink(stale)
+
+    def check_files(self, continues):
+        """UserError if the run would write over anything but the checkpoint it continues."""
         for name in RUN_FILES:
             path = os.path.join(self.folder, name)
             if os.path.lexists(path) and not os.path.isfile(path):
@@ -67,25 +75,38 @@ class Run:
             raise UserError(f"{where} already holds a run: pass --resume to continue it, or another --out"
                             if continues is None else f"{where} holds another run's files, which resuming "
                             f"{continues} would replace: pass --out DIR to continue it in a folder of its own")
-        self.continues = continues
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
-        if self.lock:
-            self.lock.close()  # the lock goes with it: the folder is free again
+        self.close()
         if isinstance(error, KeyboardInterrupt):
-            error.add_note(self.where_to_go_on())
+            raise cli.Stopped.saying(error, self.where_to_go_on()) from None
+
+    def close(self):
+        if self.lock:
+            self.lock.close()  # the folder is free again
+            self.lock = None
+        if self.made and not self.saved:  # nothing in it: no empty folder for compare.py to skip
+            if os.path.isfile(os.path.join(self.folder, ".lock")):
+                os.unlink(os.path.join(self.folder, ".lock"))
+            if not os.listdir(self.folder):
+                os.rmdir(self.folder)
+
+    def kept(self):
+        """Where the last finished epoch is."""
+        if self.saved:
+            return f"{self.model_path} keeps epoch {self.saved[0]}"
+        return f"{self.continues} is as it was" if self.continues else "nothing was saved"
 
     def where_to_go_on(self):
+        if self.saved and self.saved[0] == self.saved[1]:
+            return f"all {self.saved[1]} epochs are saved in {self.model_path}; only the curves were not drawn"
         if self.saved:
-            epoch, epochs = self.saved
-            return f"epoch {epoch}/{epochs} is saved in {self.model_path}; continue with: " \
+            return f"epoch {self.saved[0]}/{self.saved[1]} is saved in {self.model_path}; continue with: " \
                 + shlex.join(["python", "train.py", "--resume", self.model_path])
-        if self.continues:
-            return f"no epoch had finished, {self.continues} is as it was"
-        return "no epoch had finished, nothing was saved"
+        return f"no epoch had finished, {self.kept()}"
 
     def save(self, ckpt):
         """model.pt and history.json, written together: a signal waits until both are on disk."""
@@ -94,7 +115,7 @@ class Run:
         with signals_held():
             write(self.model_path, data)
             write(os.path.join(self.folder, "history.json"), history)
-        self.saved = ckpt["epoch"], ckpt["config"]["epochs"]
+            self.saved = ckpt["epoch"], ckpt["config"]["epochs"]  # before a held signal is raised
 
     def write(self, name, data):
         """Another file of the run's (a picture), written atomically; returns its path."""

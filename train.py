@@ -9,6 +9,7 @@ After every epoch it saves <run>/model.pt and <run>/history.json; at the end it 
 """
 import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
 
+import argparse
 import math
 import time
 
@@ -25,7 +26,7 @@ EPOCHS = 30  # passes over the 60,000 training images (chosen from the curve in 
 BATCH_SIZE = 64  # images per SGD step
 LEARNING_RATE = 0.01  # plain SGD, no momentum
 SEED = 0  # initial weights and shuffle order
-THREADS = 1  # CPU threads: as fast as 2 on an idle machine, far faster on a busy one (README)
+THREADS = 1  # CPU threads: as fast as 2 on an idle machine, far faster on a busy one (docs/robustness.md)
 DATA_DIR = "data"  # holds MNIST/raw/; downloaded there on first use
 RUNS_DIR = "runs"  # each run gets a folder of its own in here, unless --out names one
 DEVICE = "auto"  # auto (CUDA, MPS, ... when there is one, else cpu), cpu, cuda, cuda:N, mps
@@ -92,7 +93,8 @@ def parse_args(argv, saved=None, saved_in=None):
     p.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
                    help="continue a run with its own settings (default: the newest run in --out)")
     p.add_argument("--no-plots", action="store_true", help="do not draw training_curves.png")
-    p.add_argument("--eager", action="store_true", help="on CUDA too: train_one_epoch as written, no CUDA graph")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=CUDA_GRAPH,
+                   help="on CUDA, replay each step as a CUDA graph; --no-cuda-graph: train_one_epoch as written")
     if saved:  # argparse checks a default given as text with the flag's own type
         p.set_defaults(**{key: str(value) for key, value in saved.items() if p.get_default(key) is not None})
     return p.parse_args(argv), cli.explicit_flags(p, argv)
@@ -103,7 +105,7 @@ def main(argv=None):
     ckpt = None
     if args.resume is not None:  # go on with the run's own settings, unless a flag says otherwise
         ckpt, path, folder, changes = runs.resume(args, given)
-        args, _ = parse_args(argv, saved=ckpt["config"], saved_in=path)
+        args, _ = parse_args(argv, saved=ckpt["config"], saved_in=path)  # the saved settings as defaults
         args.resume, args.out = path, folder
         print(f"resuming {path} after epoch {ckpt['epoch']}/{args.epochs}", *changes, sep="\n")
     torch.set_num_threads(args.threads)
@@ -121,13 +123,13 @@ def main(argv=None):
         train_loader.generator.set_state(ckpt["generator"])
         history = ckpt["history"]
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-              "loader": args.loader, "threads": args.threads, "device": str(device), "data_dir": args.data_dir}
+              "loader": args.loader, "threads": args.threads, "device": args.device, "data_dir": args.data_dir}
     arch = architecture(model)
     # A new folder under runs/ named after the settings (or exactly --out, or the resumed run's own)
     with runs.Run(args.out, config, arch, exact="out" in given, continues=args.resume) as run:
         print(f"run {run.folder}: {arch}, device {device}, threads {torch.get_num_threads()}, "
               f"loader {args.loader}, {len(train_loader.dataset):,} train / {len(test_loader.dataset):,} test images")
-        graphed = CUDA_GRAPH and device.type == "cuda" and not args.eager  # the same steps, quicker on a GPU
+        graphed = args.cuda_graph and device.type == "cuda"  # the same steps, replayed quicker on a GPU
         train_epoch = cuda_graph.GraphedEpoch(device) if graphed else train_one_epoch
         for epoch in range(len(history) + 1, args.epochs + 1):
             start = time.perf_counter()
@@ -135,8 +137,7 @@ def main(argv=None):
             seconds = time.perf_counter() - start
             test_loss, test_acc, _ = evaluate(model, test_loader, device)
             if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-                kept = f"{run.model_path} keeps epoch {len(history)}" if history else "nothing was saved"
-                raise cli.UserError(f"the training loss became {train_loss} in epoch {epoch}; stopped, {kept}. "
+                raise cli.UserError(f"the training loss became {train_loss} in epoch {epoch}; stopped, {run.kept()}. "
                                     "Lower the learning rate (--lr)")
             history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                             "test_acc": test_acc, "seconds": seconds, "lr": args.lr, "batch_size": args.batch_size})

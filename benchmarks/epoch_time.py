@@ -85,7 +85,7 @@ def main():
     def loader(kind):  # as data.build_loaders makes it
         classic = DataLoader(train_set, batch_size=train.BATCH_SIZE, shuffle=True,
                              generator=torch.Generator().manual_seed(train.SEED))
-        return fast_mnist.like(classic, device) if kind == "fast" else classic
+        return fast_mnist.loader_like(classic, device) if kind == "fast" else classic
 
     floor_batches = [(x.to(device), y.to(device)) for x, y in loader("fast")]
     torch.manual_seed(train.SEED)

@@ -33,10 +33,8 @@ checks() {
   git log -1 --format='commit %h' 2>/dev/null
   python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "device",
              torch.cuda.get_device_name() if torch.cuda.is_available() else "none: the CUDA checks cannot run")'
-  # test_the_thread_count_... runs train.py without --device and expects "cpu": it fails wherever CUDA is
   step tests 210 env MNIST_DATA_DIR="$DATA_DIR" python -m pytest -q -x -rs tests/test_cuda_graph.py \
-    tests/test_data.py tests/test_train.py tests/test_evaluate.py \
-    --deselect tests/test_train.py::test_the_thread_count_is_the_one_the_scripts_run_with
+    tests/test_data.py tests/test_train.py tests/test_evaluate.py
   step benchmark 150 python benchmarks/epoch_time.py --data-dir "$DATA_DIR" --device cuda --rounds 3
   rm -rf /tmp/gpu-run
   step train 60 python train.py --data-dir "$DATA_DIR" --out /tmp/gpu-run

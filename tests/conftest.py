@@ -33,7 +33,7 @@ def in_order(data_dir, batch_size, kind="classic", device="cpu", train=False):
     import fast_mnist
 
     loader = DataLoader(data.load_mnist(data_dir, train), batch_size=batch_size, generator=torch.Generator())
-    return fast_mnist.like(loader, device) if kind == "fast" else loader
+    return fast_mnist.loader_like(loader, device) if kind == "fast" else loader
 
 
 def write_idx(path, tensor):
@@ -121,7 +121,7 @@ def run_script(script, *args, cwd=None):
     module = importlib.import_module(script[:-3])
     argv = [str(a) for a in args]
     out, err, code = io.StringIO(), io.StringIO(), 0
-    saved = sys.argv, os.getcwd()
+    saved = sys.argv, os.getcwd(), torch.get_num_threads(), torch.get_rng_state()
     sys.argv = [script, *argv]  # argparse names the script in its messages
     os.chdir(cwd or ROOT)
     try:
@@ -131,9 +131,11 @@ def run_script(script, *args, cwd=None):
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if isinstance(e.code, str):
             err.write(e.code + "\n")
-    finally:
+    finally:  # what the script set for its process is put back for the next test
         sys.argv = saved[0]
         os.chdir(saved[1])
+        torch.set_num_threads(saved[2])
+        torch.set_rng_state(saved[3])
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 

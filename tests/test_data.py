@@ -106,3 +106,10 @@ def test_fast_loader_floats_come_from_to_tensors_own_values(fake_mnist, monkeypa
     train, _ = data.build_loaders(fake_mnist, 64, seed=0, loader="fast")
     x, _ = next(iter(train))
     assert torch.equal(x, x.round()) and x.max() == 255  # each float was looked up in the table
+
+
+def test_fast_and_classic_give_the_same_epoch_on_real_mnist(real_mnist):
+    fast, _ = data.build_loaders(real_mnist, 64, seed=0, loader="fast")
+    classic, _ = data.build_loaders(real_mnist, 64, seed=0, loader="classic")
+    assert_same_batches(epoch_batches(fast), epoch_batches(classic))
+    assert torch.equal(fast.generator.get_state(), classic.generator.get_state())

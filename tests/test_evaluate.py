@@ -92,10 +92,11 @@ def test_one_pass_gives_train_evaluate_numbers_and_what_the_pictures_need(fake_m
     test_loader = in_order(fake_mnist, 64, "fast", device)
     passes = []
 
-    def counted():  # the loader, counting its passes over the test set
-        passes.append(1)
-        yield from test_loader
-    loss, confusion, images, probs, labels = evaluate.evaluate_keeping(model, counted(), device)
+    class Counted:  # the loader, counting its passes over the test set
+        def __iter__(self):
+            passes.append(1)
+            return iter(test_loader)
+    loss, confusion, images, probs, labels = evaluate.evaluate_keeping(model, Counted(), device)
     assert passes == [1]
     expected_loss, _, expected_confusion = train.evaluate(model, test_loader, device)
     assert loss == expected_loss and torch.equal(confusion, expected_confusion)

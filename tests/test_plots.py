@@ -124,3 +124,10 @@ def test_hidden_units_picture_says_when_no_unit_pushes_a_digit(figures):
     fig = plots.hidden_units(torch.randn(3, 784), torch.eye(10)[:, [2, 5, 2]], "784-3-10 relu", 1)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("no unit") == 8 and sorted(t for t in texts if t != "no unit") == ["2", "2", "5"]
+
+
+def test_hidden_units_picture_of_a_huge_network_shows_its_first_units(figures):
+    fig = plots.hidden_units(torch.randn(3000, 784), torch.randn(10, 3000), "784-3000-10 sigmoid", 1)
+    assert f"its first {plots.MAX_TILES} of 3000 hidden units" in fig._suptitle.get_text()
+    mosaic = torch.tensor(fig.axes[0].images[0].get_array().filled(float("nan")))
+    assert mosaic.isfinite().sum() == plots.MAX_TILES * 784

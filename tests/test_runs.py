@@ -102,9 +102,10 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(trained, fake_mnist, 
     out = tmp_path / "run"
     shutil.copytree(trained[0], out)
     (out / "model.pt.99999.tmp").write_bytes(b"half a checkpoint")
+    (out / "notes.tmp").write_text("the user's own")
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--resume", "--epochs", 3, "--no-plots")
     assert proc.returncode == 0, proc.stderr
-    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    assert [f for f in os.listdir(out) if f.endswith(".tmp")] == ["notes.tmp"]
 
 
 def test_a_folder_named_model_pt_is_refused_before_training(fake_mnist, tmp_path):

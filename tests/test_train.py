@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import cli
 import plots
+import runs
 import train
 from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, in_order, main_error, run_process, run_script,
                       start_process)
@@ -129,21 +130,23 @@ def test_edited_constants_are_the_defaults(fake_mnist, tmp_path, monkeypatch):
 @pytest.mark.slow  # a process of its own
 def test_stopped_with_ctrl_c_and_resumed_with_the_printed_command_ends_bit_identical(fake_mnist, tmp_path):
     flags = ["--data-dir", fake_mnist, "--lr", "0.05", "--batch-size", "32", "--device", "cpu", "--no-plots"]
-    whole = train_run(fake_mnist, tmp_path / "whole", *flags[2:], "--epochs", "5")
     out = tmp_path / "parts"
-    proc = start_process("train.py", "--out", out, "--epochs", "5", *flags)
+    proc = start_process("train.py", "--out", out, "--epochs", "10000", *flags)
     for line in proc.stdout:
-        if line.startswith("epoch 2/5"):
+        if line.startswith("epoch     2/"):
             break
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("interrupted (SIGINT): epoch ") and " is saved in " in line, line
+    saved = int(line.split("): epoch ")[1].split("/")[0])
     command = shlex.split(line.split("continue with: ")[1])
     assert command[:2] == ["python", "train.py"] and "--lr" not in command and "--batch-size" not in command
-    resumed = run_script(command[1], *command[2:])  # in this process: what matters is what the command says
+    # in this process, to two epochs more: what matters is what the printed command says
+    resumed = run_script(command[1], *command[2:], "--epochs", saved + 2)
     assert resumed.returncode == 0, resumed.stderr
+    whole = train_run(fake_mnist, tmp_path / "whole", *flags[2:], "--epochs", str(saved + 2))
     assert_same_run(whole, torch.load(out / "model.pt", weights_only=True))
 
 
@@ -186,8 +189,37 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
     # a learning rate of 1e38 is finite and valid, and drives the weights to inf within an epoch
     proc = run_script("train.py", "--resume", "--out", out, "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38")
-    assert_one_line_error(proc, "the training loss became", "in epoch 2", "keeps epoch 1", "--lr")
+    assert_one_line_error(proc, "the training loss became", "in epoch 2", f"{out / 'model.pt'} is as it was", "--lr")
     assert {name: (out / name).read_bytes() for name in before} == before
+    proc = run_script("train.py", "--resume", out / "model.pt", "--out", tmp_path / "more", "--data-dir", fake_mnist,
+                      "--epochs", 3, "--lr", "1e38")
+    assert_one_line_error(proc, f"stopped, {out / 'model.pt'} is as it was")  # not the empty new folder
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38", "--device", "cpu",
+                      cwd=tmp_path)
+    assert_one_line_error(proc, "in epoch 1; stopped, nothing was saved")
+    assert os.listdir(tmp_path / "runs") == []  # no empty run folder left for compare.py to skip
+
+
+def test_ctrl_c_during_a_save_or_the_curves_says_what_is_saved(fake_mnist, tmp_path, monkeypatch):
+    write = runs.write
+
+    def interrupted_write(path, data, *hint):  # Ctrl-C arrives while model.pt is written
+        os.kill(os.getpid(), signal.SIGINT)
+        return write(path, data, *hint)
+
+    monkeypatch.setattr(runs, "write", interrupted_write)
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "a", "--epochs", 3, "--device", "cpu")
+    assert proc.returncode == 130 and proc.stderr.strip() == (
+        f"interrupted (SIGINT): epoch 1/3 is saved in {tmp_path / 'a' / 'model.pt'}; continue with: "
+        f"python train.py --resume {tmp_path / 'a' / 'model.pt'}"), proc.stderr
+    monkeypatch.setattr(runs, "write", write)
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(plots, "training_curves", stopped)
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "b", "--epochs", 2, "--device", "cpu")
+    assert proc.stderr.strip() == (f"interrupted (SIGINT): all 2 epochs are saved in {tmp_path / 'b' / 'model.pt'}; "
+                                   "only the curves were not drawn"), proc.stderr
 
 
 @pytest.mark.parametrize("flags, message", [
