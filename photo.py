@@ -224,9 +224,11 @@ def photographed_strokes(x, size, noise):
     # The paper, not the image's edge, decides the polarity: a thick light region (strokes are thin)
     # means dark ink on paper, which MNIST has the other way round; what lies around the paper
     # (a desk) is set to the paper's own shade. No such region: light ink on a dark ground.
-    # The paper is large, so a coarse look finds it.
+    # The paper is large, so a coarse look finds it; what counts as light is measured on the
+    # image itself, as a small digit's strokes are averaged away into the paper in the preview
+    # (the preview's extremes then lie within the paper's noise, and so would half its pixels).
     preview = F.adaptive_avg_pool2d(x[None, None], fit(x.shape[::-1], min(COARSE_SIDE, max(x.shape)))[::-1])[0, 0]
-    paper = paper_mask(preview)
+    paper = paper_mask(preview, *x.aminmax())
     # Down to the working size keeping each block's inkiest pixel, so a thin pencil line survives.
     if paper is None:
         x = pooled(x, size)
@@ -274,12 +276,12 @@ def pooled(x, size):
     return x
 
 
-def paper_mask(x):
+def paper_mask(x, low, high):
     """Where a (H, W) image's paper is (a bool mask), or None when nothing light is thick enough to
-    be paper. The paper is the light part once thin strokes are opened away, and everything it
-    encloses (the ink on it); the rest, reached from the image's edge, is a desk when it runs along
-    a good part of that edge."""
-    low, high = x.flatten().quantile(torch.tensor([0.01, 0.99]))
+    be paper. Light is over a third of the way from the darkest shade `low` to the lightest `high`
+    (of the full image). The paper is the light part once thin strokes are opened away, and
+    everything it encloses (the ink on it); the rest, reached from the image's edge, is a desk
+    when it runs along a good part of that edge."""
     light = x > low + 0.35 * (high - low)  # paper in poor light still counts as light
     size = max(x.shape) // 15 | 1
     thick = max_filter(~max_filter(~light, size), size)  # an opening: thin light lines go
