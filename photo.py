@@ -91,8 +91,8 @@ def open_gray(source, max_pixels=MAX_PIXELS):
         raise
     except UnidentifiedImageError:
         raise UserError("not an image that PIL can read (PNG, JPEG, ...)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read this image ({str(e) or type(e).__name__})") from None
+    except Exception as e:  # a damaged file fails inside Pillow in any way: OSError, TypeError, ...
+        raise UserError(f"cannot read this image ({' '.join(str(e).split()) or type(e).__name__})") from None
     if min(gray.shape) < 1:
         raise UserError("the image is empty")
     return gray, (f"the first of its {frames} frames was read" if frames > 1 else "")
@@ -119,6 +119,9 @@ def to_gray(image):
     """Grey levels in [0, 1]: transparency counts as paper, 16-bit data keeps its range."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
+        known = np.isfinite(values)  # a float image may mark pixels it has no value for NaN
+        if not known.all():  # they take the typical shade: no ink, no paper of their own
+            values = np.where(known, values, np.median(values[known]) if known.any() else 0)
         top = 1.0 if values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
         return torch.from_numpy(values / top).clamp(0, 1)
     opaque = image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema() == (255, 255)
@@ -255,7 +258,9 @@ def stretched(x, level, noise):
 def solid_block(mask, side):
     """Whether a (H, W) bool mask is all True over one of the side x side blocks it is cut into.
     Any all-True square of 2 * side - 1 or wider holds a whole block; a band narrower than side
-    never does."""
+    never does. A mask narrower than side has no block at all."""
+    if side > min(mask.shape):
+        return False
     return bool((F.avg_pool2d(mask[None, None].float(), side) == 1).any())
 
 
@@ -291,7 +296,8 @@ def paper_mask(x, low, high):
     edge = torch.cat([outside[0], outside[-1], outside[:, 0], outside[:, -1]])
     if edge.float().mean() < 0.2:  # ink running off the page, not a desk along its sides
         return torch.ones_like(thick)
-    return ~max_filter(outside, 3)  # a margin: the paper's own edge is not ink
+    paper = ~max_filter(outside, 3)  # a margin: the paper's own edge is not ink
+    return paper if paper.any() else None  # (in a few pixels' image the margin is all there is)
 
 
 def reached_from_edge(mask):
