@@ -7,6 +7,7 @@ As MNIST was made: light ink on black, the ink fitted into a 20x20 box keeping i
 (anti-aliased), pasted into 28x28 with its centre of mass at the centre. evaluate.py --image
 and draw.py both go through read_digit. Problems are a UserError with one line to show.
 """
+import ctypes
 import io
 import os
 import stat
@@ -24,6 +25,27 @@ WORK_SIDE = 1024  # larger images are reduced to this before any full-size conve
 SMALL_SIDE = 256  # the strokes are worked on at this size: plenty for a 20x20 result, and quick
 COARSE_SIDE = 64  # the paper is found at this size
 MAX_PIXELS = 180_000_000  # a 13,400 x 13,400 scan; beyond it an image is refused, not decoded
+
+
+# What reaches the user about a file is read_digit's one line, never a library's own words. Pillow's
+# guard against huge images would warn from 89 megapixels and refuse from 179, before read_digit's
+# own max_pixels (checked from the header too): it is left to that.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def quiet_libtiff():
+    """Stop libtiff (it decodes compressed TIFFs for Pillow) printing what it finds wrong with a
+    file straight to stderr, out of reach of Python's warnings filters. Pillow has no switch for
+    it, libtiff has: called through ctypes, found through Pillow's C module, which links libtiff."""
+    try:
+        libtiff = ctypes.CDLL(Image.core.__file__)
+        libtiff.TIFFSetWarningHandler(None)
+        libtiff.TIFFSetErrorHandler(None)  # the error itself still reaches us, from Pillow
+    except (OSError, AttributeError):  # a Pillow without libtiff, or built into one file: no such lines
+        pass
+
+
+quiet_libtiff()
 
 
 class TooLarge(UserError):
@@ -73,20 +95,9 @@ def open_gray(source, max_pixels=MAX_PIXELS):
     elif not stat.S_ISREG(os.stat(source).st_mode):
         raise UserError("not a regular file (a device, FIFO or socket): pass an image file")
     try:
-        with warnings.catch_warnings(), Image.open(source) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit
-            if image.width * image.height > max_pixels:
-                raise TooLarge(f"{image.width}x{image.height} pixels is more than this reads "
-                                f"({max_pixels / 1e6:.0f} megapixels); scale it down first")
-            frames = getattr(image, "n_frames", 1)
-            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
-            # A phone's rotation (EXIF) goes before reducing, as the reduced copy has no EXIF; but a
-            # PNG keeps its EXIF after the pixels, and a large one is not decoded whole to find it.
-            if image.format != "PNG" or max(image.size) <= WORK_SIDE:
-                ImageOps.exif_transpose(image, in_place=True)
-            if max(image.size) > WORK_SIDE:  # reduce first: conversions then work on the small copy
-                image = reduced(image, -(-max(image.size) // WORK_SIDE))
-            gray = to_gray(image)
+        with warnings.catch_warnings():  # Pillow's remarks on a damaged file ('Corrupt EXIF data')
+            warnings.filterwarnings("ignore", module=r"PIL\.")  # are not shown: its error says it all
+            gray, frames = decoded(source, max_pixels)
     except UserError:
         raise
     except UnidentifiedImageError:
@@ -96,6 +107,23 @@ def open_gray(source, max_pixels=MAX_PIXELS):
     if min(gray.shape) < 1:
         raise UserError("the image is empty")
     return gray, (f"the first of its {frames} frames was read" if frames > 1 else "")
+
+
+def decoded(source, max_pixels):
+    """(to_gray's grey levels, number of frames) of an image file, reduced to at most WORK_SIDE."""
+    with Image.open(source) as image:
+        if image.width * image.height > max_pixels:  # the header's size: nothing decoded yet
+            raise TooLarge(f"{image.width}x{image.height} pixels is more than this reads "
+                            f"({max_pixels / 1e6:.0f} megapixels); scale it down first")
+        frames = getattr(image, "n_frames", 1)
+        image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
+        # A phone's rotation (EXIF) goes before reducing, as the reduced copy has no EXIF; but a
+        # PNG keeps its EXIF after the pixels, and a large one is not decoded whole to find it.
+        if image.format != "PNG" or max(image.size) <= WORK_SIDE:
+            ImageOps.exif_transpose(image, in_place=True)
+        if max(image.size) > WORK_SIDE:  # reduce first: conversions then work on the small copy
+            image = reduced(image, -(-max(image.size) // WORK_SIDE))
+        return to_gray(image), frames
 
 
 def reduced(image, factor):

@@ -3,7 +3,10 @@ strokes kept, odd files (16-bit, animated, huge, FIFOs) read safely; on real dat
 photos of test digits about as well as the digits themselves."""
 import io
 import os
+import struct
 import threading
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -354,10 +357,11 @@ def mutated(data, rng):
     return bytes(data)
 
 
-def test_damaged_files_are_read_or_refused_in_one_line():
+def test_damaged_files_are_read_or_refused_in_one_line(capfd):
     """A few hundred damaged PNG, JPEG, TIFF, GIF, BMP and WebP files (seeded): each is read or
-    refused with a one-line UserError, never another exception. (Before: TypeError and
-    RuntimeError among them.)"""
+    refused with a one-line UserError, never another exception, and nothing else reaches the
+    user: no warning from Pillow, nothing libtiff prints to stderr itself. (Before: TypeError and
+    RuntimeError among them; Pillow's warnings, and libtiff's lines on stderr.)"""
     import random
 
     page = digit_on(Image.new("RGB", (40, 30), "white"), (12, 3, 28, 27), 3, "black", 2)
@@ -369,8 +373,35 @@ def test_damaged_files_are_read_or_refused_in_one_line():
     files.append(encoded(page.convert("1"), "TIFF", compression="group4"))
     files = [f.getvalue() for f in files]
     rng = random.Random(0)
-    for i in range(400):
-        assert_one_line_user_error_or_read(mutated(files[i % len(files)], rng))
+    with warnings.catch_warnings(record=True) as shown:  # what the filters in force let through
+        for i in range(400):
+            assert_one_line_user_error_or_read(mutated(files[i % len(files)], rng))
+    assert not shown, shown[0].message
+    assert capfd.readouterr().err == ""
+
+
+def png_header(width, height):
+    """A PNG that declares width x height 8-bit grey pixels and holds almost none of them."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def test_a_large_image_is_refused_in_our_words_before_decoding():
+    """Over max_pixels is TooLarge with our message, read from the header; Pillow's own guard
+    neither speaks first (its 'decompression bomb' error from 179 megapixels) nor warns (from 89)."""
+    with warnings.catch_warnings(record=True) as shown:
+        with pytest.raises(ph.TooLarge) as refused:
+            ph.read_digit(png_header(14000, 14000))
+        assert str(refused.value) == "14000x14000 pixels is more than this reads (180 megapixels); scale it down first"
+        with pytest.raises(ph.TooLarge, match="10000x10000 pixels is more than this reads \\(50 megapixels\\)"):
+            ph.read_digit(png_header(10000, 10000), 50_000_000)
+        for width, height in [(13500, 13300), (10000, 10000)]:  # under 180 megapixels: decoded, found cut short
+            with pytest.raises(UserError, match="cannot read this image") as refused:
+                ph.read_digit(png_header(width, height))
+            assert "bomb" not in str(refused.value) and not isinstance(refused.value, ph.TooLarge)
+    assert not shown, shown[0].message
 
 
 def test_animated_images_say_the_first_frame_is_read():
