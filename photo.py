@@ -25,6 +25,8 @@ WORK_SIDE = 1024  # larger images are reduced to this before any full-size conve
 SMALL_SIDE = 256  # the strokes are worked on at this size: plenty for a 20x20 result, and quick
 COARSE_SIDE = 64  # the paper is found at this size
 MAX_PIXELS = 180_000_000  # a 13,400 x 13,400 scan; beyond it an image is refused, not decoded
+FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"]  # what a photo, scan or drawing comes in:
+# Pillow is not to try the 30-odd others it knows, any of which a damaged file may pass for
 
 
 # What reaches the user about a file is read_digit's one line, never a library's own words. Pillow's
@@ -97,7 +99,7 @@ def open_gray(source, max_pixels=MAX_PIXELS):
     try:
         with warnings.catch_warnings():  # Pillow's remarks on a damaged file ('Corrupt EXIF data')
             warnings.filterwarnings("ignore", module=r"PIL\.")  # are not shown: its error says it all
-            gray, frames = decoded(source, max_pixels)
+            gray, several = decoded(source, max_pixels)
     except UserError:
         raise
     except UnidentifiedImageError:
@@ -106,16 +108,19 @@ def open_gray(source, max_pixels=MAX_PIXELS):
         raise UserError(f"cannot read this image ({' '.join(str(e).split()) or type(e).__name__})") from None
     if min(gray.shape) < 1:
         raise UserError("the image is empty")
-    return gray, (f"the first of its {frames} frames was read" if frames > 1 else "")
+    return gray, ("the first of several frames was read" if several else "")
 
 
 def decoded(source, max_pixels):
-    """(to_gray's grey levels, number of frames) of an image file, reduced to at most WORK_SIDE."""
-    with Image.open(source) as image:
+    """(to_gray's grey levels, whether there are more frames) of an image file, reduced to at most
+    WORK_SIDE."""
+    with Image.open(source, formats=FORMATS) as image:
         if image.width * image.height > max_pixels:  # the header's size: nothing decoded yet
             raise TooLarge(f"{image.width}x{image.height} pixels is more than this reads "
                             f"({max_pixels / 1e6:.0f} megapixels); scale it down first")
-        frames = getattr(image, "n_frames", 1)
+        # Whether there are more frames, not how many: counting reads every one (a 3 MB TIFF of
+        # 30,000 directories took 11 s), where this looks at the next one at most.
+        several = getattr(image, "is_animated", False)
         image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
         # A phone's rotation (EXIF) goes before reducing, as the reduced copy has no EXIF; but a
         # PNG keeps its EXIF after the pixels, and a large one is not decoded whole to find it.
@@ -123,7 +128,7 @@ def decoded(source, max_pixels):
             ImageOps.exif_transpose(image, in_place=True)
         if max(image.size) > WORK_SIDE:  # reduce first: conversions then work on the small copy
             image = reduced(image, -(-max(image.size) // WORK_SIDE))
-        return to_gray(image), frames
+        return to_gray(image), several
 
 
 def reduced(image, factor):
