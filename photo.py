@@ -133,12 +133,16 @@ def decoded(source, max_pixels):
 
 def reduced(image, factor):
     """image scaled down by an integer factor with box averages, a strip at a time: resizing it whole
-    would first make a full-size copy (RGBA to RGBa), as large as the decoded image itself."""
+    would first make a full-size copy (RGBA to RGBa), as large as the decoded image itself. A
+    palette image's pixels are indices into its colours, not shades to average (Pillow would take
+    one of each box, and the copy would lose the palette and transparency): each strip is turned
+    into its colours, and transparency, first; so is each of a 1-bit image's."""
+    mode = {"P": "RGBA", "PA": "RGBA", "1": "L"}.get(image.mode, image.mode)
     width, height = image.size
-    out = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
     step = 64 * factor
     for top in range(0, height, step):
-        strip = image.crop((0, top, width, min(top + step, height)))
+        strip = image.crop((0, top, width, min(top + step, height))).convert(mode)
         out.paste(strip.resize((out.width, -(-strip.height // factor)), Image.Resampling.BOX), (0, top // factor))
     return out
 

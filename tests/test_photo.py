@@ -441,6 +441,28 @@ def test_only_the_formats_a_photo_comes_in_are_opened():
         assert str(refused.value) == "not an image that PIL can read (PNG, JPEG, ...)", fmt
 
 
+def test_a_large_palette_image_reads_as_a_small_one():
+    """A palette (P) image is reduced by its colours, not its palette indices, its transparency
+    kept: at 2000 px both were blank ('no digit found') while the same at 280 px read a 2. So is
+    a 1-bit one, by its shades rather than one pixel of each box."""
+    for transparent in (False, True):
+        pages = []
+        for side in (280, 2000):
+            page = Image.new("P", (side, side), 0)
+            paper = (0, 0, 0) if transparent else (235, 232, 220)  # transparent black, as apps save it
+            page.putpalette([*paper, 30, 30, 60] + [0, 0, 0] * 254)
+            digit_on(page, (0.3 * side, 0.2 * side, 0.7 * side, 0.8 * side), round(side / 25), 1, 2)
+            pages.append(encoded(page, "PNG", **({"transparency": 0} if transparent else {})))
+        _, small, _ = ph.read_digit(pages[0].getvalue())
+        _, large, _ = ph.read_digit(pages[1].getvalue())
+        assert cosine(small, large) > 0.9, transparent  # measured: 0.997 both (NoDigit before)
+    pages = []  # a 1-bit scan, as a fax-style TIFF: one pixel in 4 was kept (0.55 before)
+    for side, pen in [(280, 4), (4000, 3)]:
+        page = digit_on(Image.new("1", (side, side), 1), (0.3 * side, 0.2 * side, 0.7 * side, 0.8 * side), pen, 0, 2)
+        pages.append(ph.read_digit(encoded(page, "TIFF", compression="group4").getvalue())[1])
+    assert cosine(*pages) > 0.9  # measured: 0.97
+
+
 def test_a_fifo_is_refused_without_hanging(tmp_path):
     fifo = tmp_path / "digit.png"
     os.mkfifo(fifo)
