@@ -150,16 +150,16 @@ def test_model_reads_photos_about_as_well_as_the_originals(real_run, real_mnist)
             for fmt in ("PNG", "JPEG"):
                 right[fmt] += model(read(encoded(picture, fmt))[1]).argmax().item() == label
     # Measured with the 10-epoch model on these 200 digits: originals 182, PNG photos 188, JPEG 187.
-    assert right["PNG"] >= right["original"] - 0.05 * n and right["JPEG"] >= right["original"] - 0.05 * n, right
+    assert right["PNG"] >= right["original"] + 3 and right["JPEG"] >= right["original"] + 3, right
 
 
 def test_model_reads_digits_drawn_with_pil(real_run):
     model = trained_model(real_run)
     with torch.no_grad():
-        predicted = {d: model(read(encoded(drawn(d), "PNG"))[1]).argmax().item()
-                     for d in (0, 1, 3, 4, 7)}
-    # Measured with the 10-epoch model: 5 of 5 right, 0 and 4 with the least confidence (0.37, 0.31).
-    assert sum(d == p for d, p in predicted.items()) >= 4, predicted
+        probs = {d: torch.softmax(model(read(encoded(drawn(d), "PNG"))[1]), dim=1)[0] for d in (0, 1, 3, 4, 7)}
+    # Measured with the 10-epoch model: 5 of 5 right, the right digit's probability 0.37 for the 0,
+    # 0.95 for the 1, 0.79 for the 3, 0.31 for the 4 and 0.97 for the 7.
+    assert all(p.argmax().item() == d and p[d] > 0.25 for d, p in probs.items()), probs
 
 
 def digit_on(page, box, width, ink, digit):
@@ -204,9 +204,9 @@ def test_a_thin_light_pencil_line_is_kept():
     pencil = digit_on(Image.new("L", (1200, 1600), 230), (300, 300, 900, 1300), 4, 160, 2)
     _, bold = read(encoded(with_noise(marker), "PNG"))
     _, thin = read(encoded(with_noise(pencil), "PNG"))
-    # Measured: similarity 0.65, brightest pixel 0.996, 54 pixels of ink against the marker's 55;
+    # Measured: similarity 0.646, brightest pixel 0.996, 54 pixels of ink against the marker's 55;
     # before, the pencil came out faint: brightest 0.17, no pixel above 0.5.
-    assert cosine(bold, thin) > 0.55 and thin.max() >= 0.95 and (thin > 0.5).sum() >= 0.7 * (bold > 0.5).sum()
+    assert cosine(bold, thin) > 0.63 and thin.max() >= 0.95 and (thin > 0.5).sum() >= 0.7 * (bold > 0.5).sum()
 
 
 def page_photo(size, height, pen, at=(0.5, 0.5), ink=40, paper=225, noise=4.0, digit=2, clutter=None, falloff=0.15):
