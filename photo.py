@@ -156,8 +156,8 @@ def to_gray(image):
     """Grey levels in [0, 1]: transparency counts as paper, 16-bit data keeps its range."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        known = np.isfinite(values)  # a float image may mark pixels it has no value for NaN
-        if not known.all():  # they take the typical shade: no ink, no paper of their own
+        known = np.isfinite(values)  # a float image may hold NaN (or infinity) where it has no value:
+        if not known.all():  # such a pixel takes the image's typical shade (its paper, mostly)
             values = np.where(known, values, np.median(values[known]) if known.any() else 0)
         top = 1.0 if values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
         return torch.from_numpy(values / top).clamp(0, 1)
@@ -264,9 +264,9 @@ def photographed_strokes(x, size, noise):
     # The paper, not the image's edge, decides the polarity: a thick light region (strokes are thin)
     # means dark ink on paper, which MNIST has the other way round; what lies around the paper
     # (a desk) is set to the paper's own shade. No such region: light ink on a dark ground.
-    # The paper is large, so a coarse look finds it; what counts as light is measured on the
-    # image itself, as a small digit's strokes are averaged away into the paper in the preview
-    # (the preview's extremes then lie within the paper's noise, and so would half its pixels).
+    # The paper is large, so a coarse look finds it; but what counts as light is measured on the
+    # image itself: in the preview a small digit's strokes are averaged into the paper, and the
+    # preview's own range can be no more than the paper's noise or its uneven light.
     preview = F.adaptive_avg_pool2d(x[None, None], fit(x.shape[::-1], min(COARSE_SIDE, max(x.shape)))[::-1])[0, 0]
     paper = paper_mask(preview, *x.aminmax())
     # Down to the working size keeping each block's inkiest pixel, so a thin pencil line survives.
