@@ -9,6 +9,7 @@ and draw.py both go through read_digit. Problems are a UserError with one line t
 """
 import ctypes
 import io
+import logging
 import os
 import stat
 import warnings
@@ -31,8 +32,10 @@ FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"]  # what a photo, scan or
 
 # What reaches the user about a file is read_digit's one line, never a library's own words. Pillow's
 # guard against huge images would warn from 89 megapixels and refuse from 179, before read_digit's
-# own max_pixels (checked from the header too): it is left to that.
+# own max_pixels (checked from the header too): it is left to that. Its log lines on a damaged file
+# ('More samples per pixel than can be decoded') would reach stderr through logging's last resort.
 Image.MAX_IMAGE_PIXELS = None
+logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 
 def quiet_libtiff():

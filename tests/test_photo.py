@@ -2,6 +2,7 @@
 strokes kept, odd files (16-bit, animated, huge, FIFOs) read safely; on real data, the model reads
 photos of test digits about as well as the digits themselves."""
 import io
+import logging
 import os
 import struct
 import threading
@@ -357,11 +358,11 @@ def mutated(data, rng):
     return bytes(data)
 
 
-def test_damaged_files_are_read_or_refused_in_one_line(capfd):
+def test_damaged_files_are_read_or_refused_in_one_line(capfd, caplog):
     """A few hundred damaged PNG, JPEG, TIFF, GIF, BMP and WebP files (seeded): each is read or
     refused with a one-line UserError, never another exception, and nothing else reaches the
-    user: no warning from Pillow, nothing libtiff prints to stderr itself. (Before: TypeError and
-    RuntimeError among them; Pillow's warnings, and libtiff's lines on stderr.)"""
+    user: no warning or log line from Pillow, nothing libtiff prints to stderr itself. (Before:
+    TypeError and RuntimeError among them; Pillow's warnings and log lines, and libtiff's.)"""
     import random
 
     page = digit_on(Image.new("RGB", (40, 30), "white"), (12, 3, 28, 27), 3, "black", 2)
@@ -372,11 +373,15 @@ def test_damaged_files_are_read_or_refused_in_one_line(capfd):
         files.append(encoded(page.convert("RGB" if compression == "jpeg" else "L"), "TIFF", compression=compression))
     files.append(encoded(page.convert("1"), "TIFF", compression="group4"))
     files = [f.getvalue() for f in files]
+    grey = page.convert("L")
+    many_samples = sorted(grey_tiff_directory(grey) + [(277, 3, 157)])  # 157 samples a pixel: Pillow logs it
     rng = random.Random(0)
     with warnings.catch_warnings(record=True) as shown:  # what the filters in force let through
+        assert_one_line_user_error_or_read(tiff([many_samples], grey.tobytes()))
         for i in range(400):
             assert_one_line_user_error_or_read(mutated(files[i % len(files)], rng))
     assert not shown, shown[0].message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records[0].getMessage()
     assert capfd.readouterr().err == ""
 
 
