@@ -7,7 +7,9 @@ As MNIST was made: light ink on black, the ink fitted into a 20x20 box keeping i
 (anti-aliased), pasted into 28x28 with its centre of mass at the centre. evaluate.py --image
 and draw.py both go through read_digit. Problems are a UserError with one line to show.
 """
+import ctypes
 import io
+import logging
 import os
 import stat
 import warnings
@@ -24,6 +26,31 @@ WORK_SIDE = 1024  # larger images are reduced to this before any full-size conve
 SMALL_SIDE = 256  # the strokes are worked on at this size: plenty for a 20x20 result, and quick
 COARSE_SIDE = 64  # the paper is found at this size
 MAX_PIXELS = 180_000_000  # a 13,400 x 13,400 scan; beyond it an image is refused, not decoded
+FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"]  # what a photo, scan or drawing comes in:
+# Pillow is not to try the 30-odd others it knows, any of which a damaged file may pass for
+
+
+# What reaches the user about a file is read_digit's one line, never a library's own words. Pillow's
+# guard against huge images would warn from 89 megapixels and refuse from 179, before read_digit's
+# own max_pixels (checked from the header too): it is left to that. Its log lines on a damaged file
+# ('More samples per pixel than can be decoded') would reach stderr through logging's last resort.
+Image.MAX_IMAGE_PIXELS = None
+logging.getLogger("PIL").setLevel(logging.CRITICAL)
+
+
+def quiet_libtiff():
+    """Stop libtiff (it decodes compressed TIFFs for Pillow) printing what it finds wrong with a
+    file straight to stderr, out of reach of Python's warnings filters. Pillow has no switch for
+    it, libtiff has: called through ctypes, found through Pillow's C module, which links libtiff."""
+    try:
+        libtiff = ctypes.CDLL(Image.core.__file__)
+        libtiff.TIFFSetWarningHandler(None)
+        libtiff.TIFFSetErrorHandler(None)  # the error itself still reaches us, from Pillow
+    except (OSError, AttributeError):  # a Pillow without libtiff, or built into one file: no such lines
+        pass
+
+
+quiet_libtiff()
 
 
 class TooLarge(UserError):
@@ -73,39 +100,52 @@ def open_gray(source, max_pixels=MAX_PIXELS):
     elif not stat.S_ISREG(os.stat(source).st_mode):
         raise UserError("not a regular file (a device, FIFO or socket): pass an image file")
     try:
-        with warnings.catch_warnings(), Image.open(source) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit
-            if image.width * image.height > max_pixels:
-                raise TooLarge(f"{image.width}x{image.height} pixels is more than this reads "
-                                f"({max_pixels / 1e6:.0f} megapixels); scale it down first")
-            frames = getattr(image, "n_frames", 1)
-            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
-            # A phone's rotation (EXIF) goes before reducing, as the reduced copy has no EXIF; but a
-            # PNG keeps its EXIF after the pixels, and a large one is not decoded whole to find it.
-            if image.format != "PNG" or max(image.size) <= WORK_SIDE:
-                ImageOps.exif_transpose(image, in_place=True)
-            if max(image.size) > WORK_SIDE:  # reduce first: conversions then work on the small copy
-                image = reduced(image, -(-max(image.size) // WORK_SIDE))
-            gray = to_gray(image)
+        with warnings.catch_warnings():  # Pillow's remarks on a damaged file ('Corrupt EXIF data')
+            warnings.filterwarnings("ignore", module=r"PIL\.")  # are not shown: its error says it all
+            gray, several = decoded(source, max_pixels)
     except UserError:
         raise
     except UnidentifiedImageError:
         raise UserError("not an image that PIL can read (PNG, JPEG, ...)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read this image ({str(e) or type(e).__name__})") from None
+    except Exception as e:  # a damaged file fails inside Pillow in any way: OSError, TypeError, ...
+        raise UserError(f"cannot read this image ({' '.join(str(e).split()) or type(e).__name__})") from None
     if min(gray.shape) < 1:
         raise UserError("the image is empty")
-    return gray, (f"the first of its {frames} frames was read" if frames > 1 else "")
+    return gray, ("the first of several frames was read" if several else "")
+
+
+def decoded(source, max_pixels):
+    """(to_gray's grey levels, whether there are more frames) of an image file, reduced to at most
+    WORK_SIDE."""
+    with Image.open(source, formats=FORMATS) as image:
+        if image.width * image.height > max_pixels:  # the header's size: nothing decoded yet
+            raise TooLarge(f"{image.width}x{image.height} pixels is more than this reads "
+                            f"({max_pixels / 1e6:.0f} megapixels); scale it down first")
+        # Whether there are more frames, not how many: counting reads every one (a 3 MB TIFF of
+        # 30,000 directories took 11 s), where this looks at the next one at most.
+        several = getattr(image, "is_animated", False)
+        image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
+        # A phone's rotation (EXIF) goes before reducing, as the reduced copy has no EXIF; but a
+        # PNG keeps its EXIF after the pixels, and a large one is not decoded whole to find it.
+        if image.format != "PNG" or max(image.size) <= WORK_SIDE:
+            ImageOps.exif_transpose(image, in_place=True)
+        if max(image.size) > WORK_SIDE:  # reduce first: conversions then work on the small copy
+            image = reduced(image, -(-max(image.size) // WORK_SIDE))
+        return to_gray(image), several
 
 
 def reduced(image, factor):
     """image scaled down by an integer factor with box averages, a strip at a time: resizing it whole
-    would first make a full-size copy (RGBA to RGBa), as large as the decoded image itself."""
+    would first make a full-size copy (RGBA to RGBa), as large as the decoded image itself. A
+    palette image's pixels are indices into its colours, not shades to average (Pillow would take
+    one of each box, and the copy would lose the palette and transparency): each strip is turned
+    into its colours, and transparency, first; so is each of a 1-bit image's."""
+    mode = {"P": "RGBA", "PA": "RGBA", "1": "L"}.get(image.mode, image.mode)
     width, height = image.size
-    out = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
     step = 64 * factor
     for top in range(0, height, step):
-        strip = image.crop((0, top, width, min(top + step, height)))
+        strip = image.crop((0, top, width, min(top + step, height))).convert(mode)
         out.paste(strip.resize((out.width, -(-strip.height // factor)), Image.Resampling.BOX), (0, top // factor))
     return out
 
@@ -119,6 +159,9 @@ def to_gray(image):
     """Grey levels in [0, 1]: transparency counts as paper, 16-bit data keeps its range."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
+        known = np.isfinite(values)  # a float image may hold NaN (or infinity) where it has no value:
+        if not known.all():  # such a pixel takes the image's typical shade (its paper, mostly)
+            values = np.where(known, values, np.median(values[known]) if known.any() else 0)
         top = 1.0 if values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
         return torch.from_numpy(values / top).clamp(0, 1)
     opaque = image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema() == (255, 255)
@@ -224,9 +267,11 @@ def photographed_strokes(x, size, noise):
     # The paper, not the image's edge, decides the polarity: a thick light region (strokes are thin)
     # means dark ink on paper, which MNIST has the other way round; what lies around the paper
     # (a desk) is set to the paper's own shade. No such region: light ink on a dark ground.
-    # The paper is large, so a coarse look finds it.
+    # The paper is large, so a coarse look finds it; but what counts as light is measured on the
+    # image itself: in the preview a small digit's strokes are averaged into the paper, and the
+    # preview's own range can be no more than the paper's noise or its uneven light.
     preview = F.adaptive_avg_pool2d(x[None, None], fit(x.shape[::-1], min(COARSE_SIDE, max(x.shape)))[::-1])[0, 0]
-    paper = paper_mask(preview)
+    paper = paper_mask(preview, *x.aminmax())
     # Down to the working size keeping each block's inkiest pixel, so a thin pencil line survives.
     if paper is None:
         x = pooled(x, size)
@@ -253,7 +298,9 @@ def stretched(x, level, noise):
 def solid_block(mask, side):
     """Whether a (H, W) bool mask is all True over one of the side x side blocks it is cut into.
     Any all-True square of 2 * side - 1 or wider holds a whole block; a band narrower than side
-    never does."""
+    never does. A mask narrower than side has no block at all."""
+    if side > min(mask.shape):
+        return False
     return bool((F.avg_pool2d(mask[None, None].float(), side) == 1).any())
 
 
@@ -274,12 +321,12 @@ def pooled(x, size):
     return x
 
 
-def paper_mask(x):
+def paper_mask(x, low, high):
     """Where a (H, W) image's paper is (a bool mask), or None when nothing light is thick enough to
-    be paper. The paper is the light part once thin strokes are opened away, and everything it
-    encloses (the ink on it); the rest, reached from the image's edge, is a desk when it runs along
-    a good part of that edge."""
-    low, high = x.flatten().quantile(torch.tensor([0.01, 0.99]))
+    be paper. Light is over a third of the way from the darkest shade `low` to the lightest `high`
+    (of the full image). The paper is the light part once thin strokes are opened away, and
+    everything it encloses (the ink on it); the rest, reached from the image's edge, is a desk
+    when it runs along a good part of that edge."""
     light = x > low + 0.35 * (high - low)  # paper in poor light still counts as light
     size = max(x.shape) // 15 | 1
     thick = max_filter(~max_filter(~light, size), size)  # an opening: thin light lines go
@@ -289,7 +336,8 @@ def paper_mask(x):
     edge = torch.cat([outside[0], outside[-1], outside[:, 0], outside[:, -1]])
     if edge.float().mean() < 0.2:  # ink running off the page, not a desk along its sides
         return torch.ones_like(thick)
-    return ~max_filter(outside, 3)  # a margin: the paper's own edge is not ink
+    paper = ~max_filter(outside, 3)  # a margin: the paper's own edge is not ink
+    return paper if paper.any() else None  # (in a few pixels' image the margin is all there is)
 
 
 def reached_from_edge(mask):

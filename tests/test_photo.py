@@ -1,14 +1,20 @@
 """photo.py: photos, scans and drawings brought to MNIST's format: polarity from the paper, thin
-strokes kept, odd files (16-bit, animated, huge, FIFOs) read safely; on real data, the model reads
-photos of test digits about as well as the digits themselves."""
+strokes kept, a digit read alike on any page; odd files (16-bit, palette, animated, huge,
+damaged, FIFOs) read safely or refused in one line; on real data, the model reads photos of test
+digits about as well as the digits themselves."""
 import io
+import logging
 import os
+import random
+import struct
 import threading
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, TiffImagePlugin
 from torchvision import transforms
 
 import checkpoint
@@ -36,9 +42,9 @@ def photograph(digit, g):
     return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
 
 
-def encoded(image, fmt):
+def encoded(image, fmt, **options):
     buf = io.BytesIO()
-    image.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    image.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}), **options)
     buf.seek(0)
     return buf
 
@@ -147,24 +153,26 @@ def test_model_reads_photos_about_as_well_as_the_originals(real_run, real_mnist)
             for fmt in ("PNG", "JPEG"):
                 right[fmt] += model(read(encoded(picture, fmt))[1]).argmax().item() == label
     # Measured with the 10-epoch model on these 200 digits: originals 182, PNG photos 188, JPEG 187.
-    assert right["PNG"] >= right["original"] - 0.05 * n and right["JPEG"] >= right["original"] - 0.05 * n, right
+    assert right["PNG"] >= right["original"] + 3 and right["JPEG"] >= right["original"] + 3, right
 
 
 def test_model_reads_digits_drawn_with_pil(real_run):
     model = trained_model(real_run)
     with torch.no_grad():
-        predicted = {d: model(read(encoded(drawn(d), "PNG"))[1]).argmax().item()
-                     for d in (0, 1, 3, 4, 7)}
-    # Measured with the 10-epoch model: 5 of 5 right, 0 and 4 with the least confidence (0.37, 0.31).
-    assert sum(d == p for d, p in predicted.items()) >= 4, predicted
+        probs = {d: torch.softmax(model(read(encoded(drawn(d), "PNG"))[1]), dim=1)[0] for d in (0, 1, 3, 4, 7)}
+    # Measured with the 10-epoch model: 5 of 5 right, the right digit's probability 0.37 for the 0,
+    # 0.95 for the 1, 0.79 for the 3, 0.31 for the 4 and 0.97 for the 7.
+    assert all(p.argmax().item() == d and p[d] > 0.25 for d, p in probs.items()), probs
 
 
 def digit_on(page, box, width, ink, digit):
-    """Draw a 2 or a 3 into box on a PIL page, with a pen of that width and shade."""
+    """Draw a 1, 2 or 3 into box on a PIL page, with a pen of that width and shade."""
     d = ImageDraw.Draw(page)
     x0, y0, x1, y1 = box
     at = lambda fx, fy: (x0 + fx * (x1 - x0), y0 + fy * (y1 - y0))  # noqa: E731
-    if digit == 3:
+    if digit == 1:
+        d.line([at(0.5, 0.0), at(0.5, 1.0)], fill=ink, width=width)
+    elif digit == 3:
         d.arc([*at(0.15, 0.0), *at(0.85, 0.5)], 200, 90, fill=ink, width=width)
         d.arc([*at(0.15, 0.5), *at(0.85, 1.0)], 270, 160, fill=ink, width=width)
     else:
@@ -199,9 +207,74 @@ def test_a_thin_light_pencil_line_is_kept():
     pencil = digit_on(Image.new("L", (1200, 1600), 230), (300, 300, 900, 1300), 4, 160, 2)
     _, bold = read(encoded(with_noise(marker), "PNG"))
     _, thin = read(encoded(with_noise(pencil), "PNG"))
-    # Measured: similarity 0.65, brightest pixel 0.996, 54 pixels of ink against the marker's 55;
+    # Measured: similarity 0.646, brightest pixel 0.996, 54 pixels of ink against the marker's 55;
     # before, the pencil came out faint: brightest 0.17, no pixel above 0.5.
-    assert cosine(bold, thin) > 0.55 and thin.max() >= 0.95 and (thin > 0.5).sum() >= 0.7 * (bold > 0.5).sum()
+    assert cosine(bold, thin) > 0.63 and thin.max() >= 0.95 and (thin > 0.5).sum() >= 0.7 * (bold > 0.5).sum()
+
+
+def page_photo(size, height, pen, at=(0.5, 0.5), ink=40, paper=225, noise=4.0, digit=2, clutter=None, falloff=0.15):
+    """A digit `height` pixels tall drawn on a page of `size` (w, h) centred at `at` (fractions of
+    the page), the light falling off by `falloff` across it, with sensor noise of `noise` grey
+    levels. clutter: "strip" (a table's dark edge along part of the left side) or "corner" (a
+    desk's corner, top left)."""
+    w, h = size
+    cx, cy = at[0] * w, at[1] * h
+    box = (cx - 0.25 * height, cy - 0.5 * height, cx + 0.25 * height, cy + 0.5 * height)
+    page = digit_on(Image.new("L", size, paper), box, pen, ink, digit)
+    if clutter == "strip":
+        ImageDraw.Draw(page).rectangle([0, 0.4 * h, 0.02 * w, h], fill=min(ink, paper))
+    elif clutter == "corner":
+        ImageDraw.Draw(page).polygon([(0, 0), (0.15 * w, 0), (0, 0.15 * h)], fill=min(ink, paper))
+    across = 0.6 * np.linspace(0, 1, w, dtype=np.float32) + 0.4 * np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    values = np.array(page) * (1 - falloff * across) + noise * np.random.default_rng(0).standard_normal((h, w), dtype=np.float32)
+    return Image.fromarray(values.clip(0, 255).round().astype(np.uint8))
+
+
+def blurred_cosine(a, b):
+    """cosine of two (1, 28, 28) images each blurred by a 3x3 mean: the same digit a pixel wider or
+    shifted still scores high (thin strokes alone would not overlap)."""
+    blur = lambda x: torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # noqa: E731
+    return cosine(blur(a), blur(b))
+
+
+PAGES = {  # name: page_photo's arguments, each a way the one photo recipe above never varies
+    "large on a small page": dict(size=(300, 400), height=250, pen=25),
+    "small on a large page": dict(size=(1600, 1200), height=160, pen=16, at=(0.3, 0.6)),
+    "small, thin pen, small page": dict(size=(400, 300), height=60, pen=3, at=(0.7, 0.4)),
+    "small on a page reduced 3x": dict(size=(2400, 1800), height=200, pen=25, at=(0.6, 0.3), noise=6),
+    "chalk on a board, small": dict(size=(1000, 800), height=150, pen=15, ink=220, paper=45, at=(0.4, 0.6)),
+    "chalk on a board, large": dict(size=(500, 600), height=450, pen=45, ink=220, paper=45),
+    "noisy": dict(size=(600, 800), height=400, pen=40, noise=14),
+    "without noise": dict(size=(600, 800), height=400, pen=40, noise=0),
+    "a table's edge at the side": dict(size=(600, 800), height=400, pen=40, clutter="strip"),
+    "a desk's corner": dict(size=(800, 600), height=400, pen=40, clutter="corner", at=(0.55, 0.5)),
+    "a table's edge, smaller digit": dict(size=(1200, 900), height=300, pen=30, clutter="strip", at=(0.6, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_a_digit_is_read_the_same_on_any_page(name):
+    """Digit size against the page, page size, pen, noise, polarity and clutter at the edge vary;
+    the result is the digit as read from a clean page it fills. (Before: a small thin digit or
+    chalk on a board was 'no digit found', the paper found from quantiles that fell within its
+    noise; and without drop_border_clutter the clutter cases fail.)"""
+    for digit in (2, 3):
+        _, clean = read(encoded(page_photo((300, 400), 250, 25, digit=digit, noise=0), "PNG"))
+        _, x = read(encoded(page_photo(digit=digit, **PAGES[name]), "PNG"))
+        # Measured: 0.87 at the least (a small thin-pen 3), 0.93-1.0 for the others; 0.0-0.56 for
+        # the clutter cases without drop_border_clutter.
+        assert blurred_cosine(x, clean) > 0.85, (name, digit)
+
+
+def test_a_thin_stroke_on_a_large_noisy_page_is_found():
+    """The issue's example: a thin dark 1 (10x300 pixels, 190 grey levels darker) on an evenly lit
+    1000x1000 page with noise of 4 grey levels was 'no digit found'; so was a thinner one on a
+    smaller page."""
+    for side, pen, height in [(1000, 10, 300), (600, 4, 180), (300, 2, 90)]:
+        stroke = dict(height=height, pen=pen, digit=1, ink=40, paper=230, falloff=0)
+        _, clean = read(encoded(page_photo((height + 100,) * 2, noise=0, **stroke), "PNG"))
+        _, x = read(encoded(page_photo((side, side), noise=4, **stroke), "PNG"))
+        assert cosine(x, clean) > 0.9, side  # measured: 0.95, 1.0, 1.0
 
 
 def test_16_bit_scans_keep_their_range():
@@ -213,22 +286,201 @@ def test_16_bit_scans_keep_their_range():
     assert cosine(eight, sixteen) > 0.99
 
 
+def tiff(directories, pixels=b""):
+    """A little-endian TIFF built by hand: its pixels, then its image directories in a chain, each
+    a list of (tag, type, value) entries holding one value (type 3: 16 bits, 4: 32 bits)."""
+    header = 8
+    start = header + len(pixels)
+    offsets = []
+    for entries in directories:
+        offsets.append(start)
+        start += 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\0" + (offsets[0] if offsets else 0).to_bytes(4, "little") + pixels)
+    for i, entries in enumerate(directories):
+        out += len(entries).to_bytes(2, "little")
+        for tag, kind, value in entries:  # a value fits the entry's 4 bytes, left-aligned
+            out += tag.to_bytes(2, "little") + kind.to_bytes(2, "little") + (1).to_bytes(4, "little")
+            out += value.to_bytes(4, "little")
+        out += (offsets[i + 1] if i + 1 < len(offsets) else 0).to_bytes(4, "little")
+    return bytes(out)
+
+
+def grey_tiff_directory(image, pixels_at=8):
+    """The entries of an uncompressed 8-bit grey TIFF directory for image, its pixels at that offset."""
+    w, h = image.size
+    return [(256, 3, w), (257, 3, h), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 4, pixels_at), (278, 3, h), (279, 4, w * h)]
+
+
+def assert_one_line_user_error_or_read(source):
+    """read_digit on source gives a result or a one-line UserError, nothing else."""
+    try:
+        ph.read_digit(source)
+    except UserError as e:
+        assert str(e) and "\n" not in str(e), repr(str(e))
+
+
+def test_odd_images_are_read_or_refused_in_one_line():
+    """Tiny images, a float image with a NaN pixel, a drawing 12 times wider than tall and a TIFF
+    whose second directory has no dimensions each raised something other than a UserError."""
+    for size in [(1, 1), (2, 1), (1, 2), (2, 2), (3, 1), (1, 5)]:
+        for values in ([0, 255] * 5, [255, 0] * 5):
+            image = Image.new("L", size)
+            image.putdata(values[:size[0] * size[1]])
+            assert_one_line_user_error_or_read(encoded(image, "PNG").getvalue())
+    page = np.array(digit_on(Image.new("L", (200, 260), 225), (50, 50, 150, 210), 12, 40, 3), dtype=np.float32) / 255
+    page[0, 0] = np.nan
+    _, x, _ = ph.read_digit(encoded(Image.fromarray(page, mode="F"), "TIFF").getvalue())
+    typical = np.nan_to_num(page, nan=np.nanmedian(page))  # the pixel with no value reads as the paper
+    _, expected, _ = ph.read_digit(encoded(Image.fromarray(typical, mode="F"), "TIFF").getvalue())
+    assert torch.equal(x, expected)
+    wide = Image.new("RGB", (600, 50), "white")  # a drawing's flat paper, the digit small on it
+    digit_on(wide, (290, 5, 310, 45), 4, "black", 2)
+    _, x, _ = ph.read_digit(encoded(wide, "PNG").getvalue())
+    assert ink_box_and_centre(x[0])[0] == 20
+    page = digit_on(Image.new("L", (40, 30), 255), (10, 5, 30, 25), 3, 0, 2)
+    second = [e for e in grey_tiff_directory(page) if e[0] not in (256, 257)]  # no width, no height
+    assert_one_line_user_error_or_read(tiff([grey_tiff_directory(page), second], page.tobytes()))
+
+
+def mutated(data, rng):
+    """data with a few bytes changed, a run of them cut out or its end cut off, as a damaged
+    download or disk leaves a file."""
+    data = bytearray(data)
+    for _ in range(rng.choice([1, 1, 2, 4, 8])):
+        at, kind = rng.randrange(len(data)), rng.random()
+        if kind < 0.6:
+            data[at] = rng.randrange(256)
+        elif kind < 0.75:  # a length or an offset made extreme
+            data[at:at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\0\0\0\0", b"\x7f\xff\xff\xff", b"\x80\0\0\0"])
+        elif kind < 0.9:
+            del data[at:at + rng.randrange(1, 16)]
+        else:
+            del data[max(at, 1):]
+    return bytes(data)
+
+
+def test_damaged_files_are_read_or_refused_in_one_line(capfd, caplog):
+    """A few hundred damaged PNG, JPEG, TIFF, GIF, BMP and WebP files (seeded): each is read or
+    refused with a one-line UserError, never another exception, and nothing else reaches the
+    user: no warning or log line from Pillow, nothing libtiff prints to stderr itself. (Before:
+    TypeError and RuntimeError among them; Pillow's warnings and log lines, and libtiff's.)"""
+    page = digit_on(Image.new("RGB", (40, 30), "white"), (12, 3, 28, 27), 3, "black", 2)
+    files = [encoded(page, "PNG"), encoded(page, "JPEG"), encoded(page.convert("L"), "TIFF"),
+             encoded(page, "GIF"), encoded(page, "BMP"), encoded(page, "WEBP"),
+             encoded(page.convert("P"), "PNG"), encoded(page.convert("L"), "BMP")]
+    for compression in ("tiff_deflate", "tiff_lzw", "jpeg", "packbits"):
+        files.append(encoded(page.convert("RGB" if compression == "jpeg" else "L"), "TIFF", compression=compression))
+    files.append(encoded(page.convert("1"), "TIFF", compression="group4"))
+    files = [f.getvalue() for f in files]
+    grey = page.convert("L")
+    many_samples = sorted(grey_tiff_directory(grey) + [(277, 3, 157)])  # 157 samples a pixel: Pillow logs it
+    rng = random.Random(0)
+    with warnings.catch_warnings(record=True) as shown:  # what the filters in force let through
+        assert_one_line_user_error_or_read(tiff([many_samples], grey.tobytes()))
+        for i in range(400):
+            assert_one_line_user_error_or_read(mutated(files[i % len(files)], rng))
+    assert not shown, shown[0].message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records[0].getMessage()
+    assert capfd.readouterr().err == ""
+
+
+def png_header(width, height):
+    """A PNG that declares width x height 8-bit grey pixels and holds almost none of them."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def test_a_large_image_is_refused_in_our_words_before_decoding():
+    """Over max_pixels is TooLarge with our message, read from the header; Pillow's own guard
+    neither speaks first (its 'decompression bomb' error from 179 megapixels) nor warns (from 89)."""
+    with warnings.catch_warnings(record=True) as shown:
+        with pytest.raises(ph.TooLarge) as refused:
+            ph.read_digit(png_header(14000, 14000))
+        assert str(refused.value) == "14000x14000 pixels is more than this reads (180 megapixels); scale it down first"
+        with pytest.raises(ph.TooLarge, match="10000x10000 pixels is more than this reads \\(50 megapixels\\)"):
+            ph.read_digit(png_header(10000, 10000), 50_000_000)
+        for width, height in [(13500, 13300), (10000, 10000)]:  # under 180 megapixels: decoded, found cut short
+            with pytest.raises(UserError, match="cannot read this image") as refused:
+                ph.read_digit(png_header(width, height))
+            assert "bomb" not in str(refused.value) and not isinstance(refused.value, ph.TooLarge)
+    assert not shown, shown[0].message
+
+
 def test_animated_images_say_the_first_frame_is_read():
     frames = [digit_on(Image.new("L", (200, 260), 225), (50, 50, 150, 210), 12, 40, 3), Image.new("L", (200, 260), 0)]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     small, x, note = ph.read_digit(buffer.getvalue())
-    assert note == "the first of its 2 frames was read" and x.max() > 0.9
+    assert note == "the first of several frames was read" and x.max() > 0.9  # not counted: see below
+    assert ph.read_digit(encoded(frames[0], "GIF").getvalue())[2] == ""
+
+
+def test_a_tiff_of_many_directories_is_read_without_walking_them(monkeypatch):
+    """A 1 MB TIFF of 10,000 image directories: counting its frames read every directory (20,002
+    loads, 2.1 s here; 30,000 directories took 11 s). Now only the first frame's are read."""
+    page = digit_on(Image.new("L", (60, 80), 255), (15, 10, 45, 70), 5, 0, 2)
+    many = tiff([grey_tiff_directory(page)] * 10_000, page.tobytes())
+    loads = []
+    load = TiffImagePlugin.ImageFileDirectory_v2.load
+    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load", lambda tags, fp: loads.append(1) or load(tags, fp))
+    _, x, note = ph.read_digit(many)
+    assert 0 < len(loads) <= 5, len(loads)  # measured: 3
+    assert note == "the first of several frames was read"
+    assert torch.equal(x, ph.read_digit(tiff([grey_tiff_directory(page)], page.tobytes()))[1])
+
+
+def test_only_the_formats_a_photo_comes_in_are_opened():
+    """PNG, JPEG, GIF, BMP, WebP and TIFF; any other format Pillow knows is refused in one line
+    before it is parsed (these were read before)."""
+    page = digit_on(Image.new("RGB", (60, 80), "white"), (15, 10, 45, 70), 5, "black", 2)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"):
+        ph.read_digit(encoded(page, fmt).getvalue())
+    for fmt in ("DDS", "ICO", "PCX", "TGA", "PPM", "SGI", "QOI"):
+        with pytest.raises(UserError) as refused:
+            ph.read_digit(encoded(page, fmt).getvalue())
+        assert str(refused.value) == "not an image that PIL can read (PNG, JPEG, ...)", fmt
+
+
+def test_a_large_palette_image_reads_as_a_small_one():
+    """A palette (P) image is reduced by its colours, not its palette indices, its transparency
+    kept: at 2000 px both were blank ('no digit found') while the same at 280 px read a 2. So is
+    a 1-bit one, by its shades rather than one pixel of each box."""
+    for transparent in (False, True):
+        pages = []
+        for side in (280, 2000):
+            page = Image.new("P", (side, side), 0)
+            paper = (0, 0, 0) if transparent else (235, 232, 220)  # transparent black, as apps save it
+            page.putpalette([*paper, 30, 30, 60] + [0, 0, 0] * 254)
+            digit_on(page, (0.3 * side, 0.2 * side, 0.7 * side, 0.8 * side), round(side / 25), 1, 2)
+            pages.append(encoded(page, "PNG", **({"transparency": 0} if transparent else {})))
+        _, small, _ = ph.read_digit(pages[0].getvalue())
+        _, large, _ = ph.read_digit(pages[1].getvalue())
+        assert cosine(small, large) > 0.9, transparent  # measured: 0.997 both (NoDigit before)
+    pages = []  # a 1-bit scan, as a fax-style TIFF: one pixel in 4 was kept (0.55 before)
+    for side, pen in [(280, 4), (4000, 3)]:
+        page = digit_on(Image.new("1", (side, side), 1), (0.3 * side, 0.2 * side, 0.7 * side, 0.8 * side), pen, 0, 2)
+        pages.append(ph.read_digit(encoded(page, "TIFF", compression="group4").getvalue())[1])
+    assert cosine(*pages) > 0.9  # measured: 0.97
 
 
 def test_a_fifo_is_refused_without_hanging(tmp_path):
     fifo = tmp_path / "digit.png"
     os.mkfifo(fifo)
     done = []
-    reader = threading.Thread(target=lambda: done.append(pytest.raises(UserError, ph.read_digit, str(fifo))))
+    # A daemon thread: were the read to hang, the test fails and pytest can still exit.
+    reader = threading.Thread(target=lambda: done.append(pytest.raises(UserError, ph.read_digit, str(fifo))), daemon=True)
     reader.start()
     reader.join(timeout=10)
-    assert done and "not a regular file" in str(done[0].value)
+    if reader.is_alive():  # stuck opening the FIFO: a writer that closes at once lets it go
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # it was not waiting for one
+            pass
+        reader.join(timeout=10)
+    assert done and "not a regular file" in str(done[0].value), "hung, or read the FIFO"
 
 
 def test_a_huge_image_is_read_in_bounded_memory(tmp_path, trained):
