@@ -185,6 +185,6 @@ def compare(runs):
         ax.grid(alpha=0.3)
     if len(runs) <= LEGEND_RUNS:
         acc_ax.legend(fontsize=8)
-    fig.suptitle(f"{len(runs)} runs compared" + (f" (too many to name: compare.py's table names them)"
+    fig.suptitle(f"{len(runs)} runs compared" + (" (too many to name: compare.py's table names them)"
                                                 if len(runs) > LEGEND_RUNS else ""))
     return png(fig)

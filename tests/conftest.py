@@ -7,6 +7,7 @@ except under CI (CI set), where a skip would hide them, so they fail instead.
 import contextlib
 import importlib
 import io
+import json
 import os
 import signal
 import struct
@@ -110,7 +111,8 @@ def real_run(real_mnist, tmp_path_factory):
 
 # No network in the tests: a download attempt fails at once, in this process and in any it starts.
 os.environ.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-                  HTTPS_PROXY="http://127.0.0.1:9", no_proxy="localhost,127.0.0.1,::1", NO_PROXY="localhost,127.0.0.1,::1")
+                  HTTPS_PROXY="http://127.0.0.1:9", no_proxy="localhost,127.0.0.1,::1",
+                  NO_PROXY="localhost,127.0.0.1,::1")
 
 
 def run_script(script, *args, cwd=None):
@@ -163,14 +165,33 @@ def no_leaks():
         signal.signal(s, handler)
 
 
-def peak_rss_mb(script, *args):
-    """run_script's run, measured: (peak resident memory in MB, the finished process)."""
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # a few lines: the pipes never fill
-    _, status, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss / 1024, subprocess.CompletedProcess(proc.args, os.waitstatus_to_exitcode(status),
-                                                                stdout, stderr)
+PEAKS = """
+import contextlib, importlib, io, json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import cli
+module = importlib.import_module(sys.argv[2])
+for argv in json.loads(sys.argv[3]):
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            module.main(argv)
+        said = out.getvalue()
+    except cli.UserError as e:
+        said = f"error: {e}"
+    except SystemExit as e:
+        said = out.getvalue() + f"exit {e.code}"
+    print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, said]), flush=True)
+"""
+
+
+def peak_memory(script, *argvs):
+    """[(peak resident MB so far, what main printed or the error it raised)] after each of the
+    argvs, all run by one new process, one after the other: the first is the baseline."""
+    argvs = json.dumps([[str(a) for a in argv] for argv in argvs])
+    proc = subprocess.run([sys.executable, "-c", PEAKS, ROOT, script[:-3], argvs], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(json.loads(line)) for line in proc.stdout.splitlines()]
 
 
 def huge_png(path, side=13300):

@@ -3,8 +3,6 @@ after unpickling (crafted ones built here, never committed), through the real co
 import io
 import os
 import pickle
-import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -15,7 +13,7 @@ import checkpoint
 import evaluate
 import model
 import train
-from conftest import ROOT, main_error
+from conftest import ROOT, main_error, peak_memory
 
 
 @pytest.fixture()
@@ -78,21 +76,12 @@ def test_memory_bombs_are_refused_before_unpickling(good, tmp_path):
     with open(huge, "wb") as f:
         f.truncate(checkpoint.MAX_BYTES + 1)  # sparse: large, and nothing on disk
     # One process: its peak memory after a plain refusal (the baseline), then after each crafted file.
-    script = ("import resource, sys; sys.path.insert(0, sys.argv[1]); import cli, evaluate\n"
-              "def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-              "for path in sys.argv[2:]:\n"
-              "    try: evaluate.main([path])\n"
-              "    except cli.UserError as e: print(f'{peak():.0f} {e}', flush=True)\n")
-    proc = subprocess.run([sys.executable, "-c", script, ROOT, tmp_path / "missing.pt", bomb, inflating, huge],
-                          capture_output=True, text=True, timeout=300)
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 4, proc.stdout + proc.stderr
-    baseline = float(lines[0].split()[0])
-    for line, message in zip(lines[1:], ("refused, it would call __builtin__.bytearray, and loading it could run that code",
-                                         "refused, its archive holds entries that torch.save does not write",
-                                         "larger than any checkpoint train.py writes")):
-        peak = float(line.split()[0])
-        assert message in line and peak - baseline < 100, (line, baseline)
+    (baseline, _), *rest = peak_memory("evaluate.py", [tmp_path / "missing.pt"], [bomb], [inflating], [huge])
+    messages = ("refused, it would call __builtin__.bytearray, and loading it could run that code",
+                "refused, its archive holds entries that torch.save does not write",
+                "larger than any checkpoint train.py writes")
+    for (peak, said), message in zip(rest, messages):
+        assert message in said and peak - baseline < 100, (said, peak, baseline)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(fake_mnist, tmp_path):
@@ -187,7 +176,8 @@ def test_old_runs_stay_usable_after_model_py_changes(good, fake_mnist, monkeypat
     monkeypatch.setattr(model.Net.__init__, "__defaults__", (128, nn.ReLU))  # HIDDEN = 128, ACTIVATION = nn.ReLU
     evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots", "--device", "cpu"])
     after = capsys.readouterr().out.splitlines()
-    assert after[0] == f"checkpoint {path}: 784-64-10 sigmoid (model.py now builds 784-128-10 relu), epoch 2, device cpu"
+    assert after[0] == (f"checkpoint {path}: 784-64-10 sigmoid (model.py now builds 784-128-10 relu), epoch 2, "
+                        "device cpu")
     assert after[1:] == before[1:]  # the same network as before the edit, the same report
     line = main_error(train, "--resume", path, "--epochs", 5, "--data-dir", fake_mnist)
     assert "holds a 784-64-10 sigmoid network, but model.py now builds 784-128-10 relu: a run goes on with" in line

@@ -28,7 +28,8 @@ def test_reports_the_accuracy_train_printed_and_draws_the_pictures_of_that_pass(
     drawn = {}
     for name in ("confusion_matrix", "mistakes", "hidden_units"):  # what each picture is drawn from
         draw = getattr(plots, name)
-        monkeypatch.setattr(plots, name, lambda *args, name=name, draw=draw: drawn.setdefault(name, args) and draw(*args))
+        monkeypatch.setattr(plots, name,
+                            lambda *args, name=name, draw=draw: drawn.setdefault(name, args) and draw(*args))
     proc = run_script("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu",
                       "--plots-dir", tmp_path)
     stdout = proc.stdout

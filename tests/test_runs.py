@@ -137,8 +137,8 @@ def test_evaluate_beside_a_read_only_checkpoint_says_how_to_go_on(trained, fake_
     assert_one_line_error(proc, f"cannot write into {folder}", "pass --no-plots, or --plots-dir DIR")
     assert "test accuracy" not in proc.stdout  # refused before the work, not after
     proc = run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--plots-dir", tmp_path / "pics")
-    assert proc.returncode == 0 and sorted(os.listdir(tmp_path / "pics")) == ["confusion_matrix.png", "hidden_units.png",
-                                                                            "mistakes.png"]
+    pictures = ["confusion_matrix.png", "hidden_units.png", "mistakes.png"]
+    assert proc.returncode == 0 and sorted(os.listdir(tmp_path / "pics")) == pictures
     assert run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--no-plots").returncode == 0
     proc = run_script("train.py", "--resume", folder / "model.pt", "--data-dir", fake_mnist, "--epochs", 3)
     assert_one_line_error(proc, f"cannot write into {folder}; pass --out DIR")  # before its lock file, too

@@ -185,7 +185,8 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(fake_mnist, tmp_path, sig):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tmp_path):
     out = tmp_path / "run"
-    assert run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1, "--device", "cpu").returncode == 0
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
     before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
     # a learning rate of 1e38 is finite and valid, and drives the weights to inf within an epoch
     proc = run_script("train.py", "--resume", "--out", out, "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38")
