@@ -214,6 +214,7 @@ def test_50_concurrent_requests_are_all_answered(server):
     assert len({json.dumps(answer["probabilities"]) for _, answer in results}) == 1
 
 
+@pytest.mark.slow  # a process of its own
 def test_the_command_prints_the_address_and_stops_on_ctrl_c(trained):
     out, _ = trained
     proc = subprocess.Popen([sys.executable, "draw.py", str(out / "model.pt"), "--port", "0"], cwd=ROOT,

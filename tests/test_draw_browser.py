@@ -16,6 +16,8 @@ from test_draw import serve
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
+pytestmark = pytest.mark.slow  # a real browser, started for these tests
+
 
 @pytest.fixture(scope="module")
 def browser():
