@@ -4,8 +4,9 @@ The classic loader (data.py) makes each image a PIL image, then a tensor (ToTens
 of them for a batch; on two CPU cores that takes longer than the training step itself. Here the
 uint8 images stay in one tensor (on the GPU when training there) and a batch is one indexing
 operation. What stays identical: the order (the same RandomSampler, drawing from the same
-generator, and the one draw a DataLoader makes per epoch), and the values, through a 256-entry table
-made with ToTensor's own arithmetic, so they match ToTensor's bits on any device.
+generator, and the one draw a DataLoader makes per epoch), and the values, ToTensor's bits on any
+device: the CPU divides by 255 exactly as ToTensor does, and elsewhere each byte's value is looked
+up in a 256-entry table that ToTensor's own arithmetic made.
 """
 import numpy as np
 import torch
@@ -23,17 +24,22 @@ class InMemoryMNIST(Dataset):
         self.images = dataset.data.to(device).unsqueeze(1)  # (N, 1, 28, 28) uint8: memory as the classic one
         self.targets = dataset.targets.to(device)  # (N,) int64
         self.values = TO_TENSOR.to(device)
+        self.divides = torch.device(device).type == "cpu"  # exactly, as ToTensor; a GPU does not
 
     def __len__(self):
         return len(self.targets)
 
     def __getitem__(self, i):  # one image, as datasets.MNIST gives it (the loader takes whole batches)
-        return self.values[self.images[i].long()], int(self.targets[i])
+        images, labels = self.__getitems__(torch.tensor([i], device=self.images.device))
+        return images[0], int(labels[0])
 
     def __getitems__(self, indices):
         # index_select is several times quicker than images[indices]
         images = self.images.index_select(0, indices)
-        floats = self.values.index_select(0, images.flatten().long()).view(images.shape)
+        if self.divides:
+            floats = images.div(255)  # about twice as quick as the table on a CPU
+        else:
+            floats = self.values.index_select(0, images.flatten().long()).view(images.shape)
         return floats, self.targets.index_select(0, indices)
 
 
