@@ -1,6 +1,7 @@
 """plots.py: what each figure draws (read off the matplotlib figure before it becomes a PNG), which
 mistakes are picked, where each hidden unit's tile goes, and that each figure is a real PNG."""
 import io
+import warnings
 
 import pytest
 import torch
@@ -131,3 +132,9 @@ def test_hidden_units_picture_of_a_huge_network_shows_its_first_units(figures):
     assert f"its first {plots.MAX_TILES} of 3000 hidden units" in fig._suptitle.get_text()
     mosaic = torch.tensor(fig.axes[0].images[0].get_array().filled(float("nan")))
     assert mosaic.isfinite().sum() == plots.MAX_TILES * 784
+
+
+def test_figures_print_no_library_warnings(recwarn):
+    warnings.simplefilter("always")  # not once per place: every warning there is
+    plots.compare([("数字 lr 0.1", history([0.1] * 2))] + [(f"run {i}", history([0.1])) for i in range(19)])
+    assert not recwarn.list, [str(w.message) for w in recwarn.list]  # CJK glyphs the font lacks, in the legend

@@ -147,3 +147,10 @@ def test_evaluate_beside_a_read_only_checkpoint_says_how_to_go_on(trained, fake_
 def test_resume_with_no_run_yet_says_how_to_start(fake_mnist, tmp_path):
     proc = run_script("train.py", "--resume", "--data-dir", fake_mnist, cwd=tmp_path)
     assert_one_line_error(proc, f"no run in {tmp_path / 'runs'} yet: train one with python train.py")
+
+
+def test_an_out_that_is_a_file_is_named_as_one(fake_mnist, tmp_path):
+    (tmp_path / "notes").write_text("mine")
+    line = main_error(train, "--data-dir", fake_mnist, "--out", tmp_path / "notes", "--epochs", 1)
+    assert f"{tmp_path / 'notes'} is a file, not a folder; pass --out DIR" in line
+    assert (tmp_path / "notes").read_text() == "mine"
