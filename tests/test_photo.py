@@ -226,7 +226,8 @@ def page_photo(size, height, pen, at=(0.5, 0.5), ink=40, paper=225, noise=4.0, d
     elif clutter == "corner":
         ImageDraw.Draw(page).polygon([(0, 0), (0.15 * w, 0), (0, 0.15 * h)], fill=min(ink, paper))
     across = 0.6 * np.linspace(0, 1, w, dtype=np.float32) + 0.4 * np.linspace(0, 1, h, dtype=np.float32)[:, None]
-    values = np.array(page) * (1 - falloff * across) + noise * np.random.default_rng(0).standard_normal((h, w), dtype=np.float32)
+    grain = np.random.default_rng(0).standard_normal((h, w), dtype=np.float32)
+    values = np.array(page) * (1 - falloff * across) + noise * grain
     return Image.fromarray(values.clip(0, 255).round().astype(np.uint8))
 
 
@@ -425,7 +426,8 @@ def test_a_tiff_of_many_directories_is_read_without_walking_them(monkeypatch):
     many = tiff([grey_tiff_directory(page)] * 10_000, page.tobytes())
     loads = []
     load = TiffImagePlugin.ImageFileDirectory_v2.load
-    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load", lambda tags, fp: loads.append(1) or load(tags, fp))
+    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load",
+                        lambda tags, fp: loads.append(1) or load(tags, fp))
     _, x, note = ph.read_digit(many)
     assert 0 < len(loads) <= 5, len(loads)  # measured: 3
     assert note == "the first of several frames was read"
@@ -471,7 +473,8 @@ def test_a_fifo_is_refused_without_hanging(tmp_path):
     os.mkfifo(fifo)
     done = []
     # A daemon thread: were the read to hang, the test fails and pytest can still exit.
-    reader = threading.Thread(target=lambda: done.append(pytest.raises(UserError, ph.read_digit, str(fifo))), daemon=True)
+    reader = threading.Thread(target=lambda: done.append(pytest.raises(UserError, ph.read_digit, str(fifo))),
+                              daemon=True)
     reader.start()
     reader.join(timeout=10)
     if reader.is_alive():  # stuck opening the FIFO: a writer that closes at once lets it go
@@ -507,7 +510,8 @@ def test_the_quick_filters_match_torchs_own():
                 assert torch.equal(ph.max_filter(x, size), torch.nn.functional.max_pool2d(padded, size, 1)[0, 0])
                 assert torch.equal(ph.max_filter(x > 2, size), ph.max_filter((x > 2).float(), size) > 0)
             edged = torch.nn.functional.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-            assert torch.equal(ph.median3(x), edged.unfold(0, 3, 1).unfold(1, 3, 1).reshape(*shape, 9).median(-1).values)
+            medians = edged.unfold(0, 3, 1).unfold(1, 3, 1).reshape(*shape, 9).median(-1).values
+            assert torch.equal(ph.median3(x), medians)
             small = ph.fit(shape[::-1], min(17, max(shape)))[::-1]
             assert torch.equal(ph.pooled(x, small), torch.nn.functional.adaptive_max_pool2d(x[None, None], small)[0, 0])
 
