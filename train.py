@@ -64,6 +64,7 @@ def evaluate(model, loader, device):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         total_loss += F.cross_entropy(logits, y, reduction="sum")
+        # cell (true digit, predicted digit) is number y * 10 + prediction: one count for the whole batch
         confusion += torch.bincount(y * 10 + logits.argmax(1), minlength=100)
     confusion = confusion.view(10, 10).cpu()
     seen = confusion.sum().item()
