@@ -37,6 +37,25 @@ def in_order(data_dir, batch_size, kind="classic", device="cpu", train=False):
     return fast_mnist.loader_like(loader, device) if kind == "fast" else loader
 
 
+def train_run(data_dir, out, *flags, device="cpu"):
+    """train.py's main() in this process, into exactly `out`, without pictures: the checkpoint saved."""
+    import train
+
+    train.main(["--data-dir", data_dir, "--out", str(out), "--device", device, "--no-plots", *map(str, flags)])
+    return torch.load(os.path.join(out, "model.pt"), weights_only=True)
+
+
+def assert_same_run(a, b):
+    """Two checkpoints of one run, bit for bit: the weights' bits (-0.0 is not 0.0 here), the
+    shuffle, the optimizer, the settings and the history (its seconds aside)."""
+    for key in a["model"]:
+        assert torch.equal(a["model"][key].view(torch.int32), b["model"][key].view(torch.int32)), key
+    assert torch.equal(a["generator"], b["generator"])
+    assert a["optimizer"] == b["optimizer"] and a["epoch"] == b["epoch"] and a["config"] == b["config"]
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+
+
 def write_idx(path, tensor):
     """Write a uint8 tensor as an IDX file, the format of the MNIST files."""
     magic = 0x0800 + tensor.dim()  # 0x08: unsigned byte

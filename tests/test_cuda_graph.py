@@ -2,7 +2,6 @@
 bit for bit; where CUDA is present, the recorded graph against the eager loop, and train.py's choice."""
 import contextlib
 import copy
-import os
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 import cuda_graph
 import data
 import train
+from conftest import assert_same_run, train_run
 from model import Net
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")
@@ -135,18 +135,6 @@ def test_graphed_epoch_with_a_stand_in_graph_is_train_one_epoch_bit_for_bit(fake
     assert len(recorded) == 2 and graphed.x.shape == (48, 1, 28, 28)  # 640 = 13 x 48 + 16
     assert len(replays) == 4 * 13 - 2 * cuda_graph.WARMUP_STEPS  # warm-up again after the new lr
 
-
-def train_run(data_dir, out, *flags):
-    train.main(["--data-dir", data_dir, "--out", str(out), "--no-plots", *map(str, flags)])
-    return torch.load(os.path.join(out, "model.pt"), weights_only=True)
-
-
-def assert_same_run(a, b):
-    for key in a["model"]:
-        assert torch.equal(a["model"][key].view(torch.int32), b["model"][key].view(torch.int32)), key
-    assert torch.equal(a["generator"], b["generator"])  # the shuffle order goes on alike
-    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
-    assert strip(a["history"]) == strip(b["history"]) and a["config"] == b["config"]
 
 
 def test_cpu_trains_train_one_epoch_as_written(fake_mnist, tmp_path, monkeypatch):

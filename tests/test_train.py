@@ -13,23 +13,10 @@ import cli
 import plots
 import runs
 import train
-from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, in_order, main_error, run_process, run_script,
-                      start_process)
+from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, assert_same_run, in_order, main_error, run_process,
+                      run_script, start_process, train_run)
 from model import Net
 
-
-def train_run(fake_mnist, out, *extra, device="cpu"):
-    train.main(["--data-dir", fake_mnist, "--out", str(out), "--device", device, "--no-plots", *extra])
-    return torch.load(os.path.join(out, "model.pt"), weights_only=True)
-
-
-def assert_same_run(a, b):
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert torch.equal(a["generator"], b["generator"])
-    assert a["optimizer"] == b["optimizer"] and a["epoch"] == b["epoch"]
-    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
-    assert strip(a["history"]) == strip(b["history"])
 
 
 def test_evaluate_matches_hand_counted_confusion_across_batches(fake_mnist):
