@@ -18,6 +18,13 @@ class UserError(Exception):
     """Something the user can fix (a flag, a file, a folder); the message says what to do."""
 
 
+def shown(text):
+    """Text from a file, a checkpoint or a folder's name as it may reach the terminal: each control
+    character (an escape sequence, a newline, a carriage return) written out as \\x1b, \\n, \\r."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):  # each flag's help ends with its default, taken from the constant
         if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in action.help:
@@ -97,6 +104,16 @@ def device(name):
     if chosen.type != "cpu" and (chosen.index or 0) >= torch.accelerator.device_count():
         raise UserError(f"--device {name}: only {torch.accelerator.device_count()} {chosen.type} device(s) here")
     return chosen
+
+
+def device_name(text):
+    """An argparse type: a --device value naming a device this machine has (see device); the text itself,
+    so that a run saves 'auto' as 'auto' and goes on with whatever accelerator it finds later."""
+    try:
+        device(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 class Stopped(KeyboardInterrupt):

@@ -1,104 +1,83 @@
-"""train.py's epoch on CUDA, with each SGD step recorded once as a CUDA graph and replayed per batch.
+"""train.py's own step, replayed on CUDA as a CUDA graph: recorded once, then launched per batch as one.
 
 On a GPU the eager step waits on Python to launch ~20 tiny kernels per batch: an H200 took 1.06 s per
-epoch eagerly and 0.073 s with the step replayed as a graph (measured with a throwaway script). What
-stays identical to train.train_one_epoch: the steps (the same kernels, in the same order, on the same
-batches), so the weights come out bit for bit the same, and so do the loss and accuracy sums.
+epoch eagerly and 0.073 s with the step replayed as a graph (measured with a throwaway script). The
+graph records whatever train.train_step does (an edit there, such as clipping or weight decay, is
+recorded too), and replays the same kernels on the same batches, so the weights come out bit for bit
+as train_one_epoch's eager steps make them.
 
-    train_epoch = GraphedEpoch(device)  # then, as train_one_epoch:
-    train_loss, train_acc = train_epoch(model, train_loader, optimizer, device)
+    step = replayed(train_step, device)  # train_step itself anywhere but on CUDA
+    batch_loss, batch_correct = step(model, optimizer, x, y)  # as train_step(model, optimizer, x, y)
 """
 import torch
-import torch.nn.functional as F
 
-WARMUP_STEPS = 3  # eager steps before the capture, as in PyTorch's CUDA graph notes; real steps, counted
+WARMUP_STEPS = 3  # eager steps before a capture, as in PyTorch's CUDA graph notes; real steps, counted
 
 
-def sgd_step(model, optimizer, x, y, total_loss, correct):
-    """train_one_epoch's step on the batch x, y, keeping its results in tensors that stay put: the grads
-    (once the first step has made them) are zeroed in place, not replaced, since a graph replays into
-    the addresses it recorded, and the batch's loss sum and correct count are added into total_loss and
-    correct. Without a graph (a last smaller batch, the warm-up, the CPU in the tests) it is an ordinary
-    eager step."""
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=False)  # backward then adds into zeros: 0 + grad, the grad's own value
-    loss.backward()
-    optimizer.step()
-    total_loss += loss.detach() * len(y)
-    correct += (logits.argmax(1) == y).sum()
+def replayed(step, device):
+    """`step` replayed as a CUDA graph on a CUDA device; `step` itself elsewhere."""
+    return GraphedStep(step, device) if device.type == "cuda" else step
 
 
 def binding(model, optimizer):
-    """What a captured step is tied to: where the weights and grads it updates in place lie, and the
-    learning rates that optimizer.step() handed its kernels as Python floats."""
-    params = list(model.parameters())
-    return ([p.data_ptr() for p in params], [None if p.grad is None else p.grad.data_ptr() for p in params],
-            [group["lr"] for group in optimizer.param_groups])
+    """What a recorded step is tied to: where the weights and the optimizer's state (momentum, say) lie,
+    and the optimizer's settings, which optimizer.step() handed its kernels as Python numbers."""
+    state = [t.data_ptr() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    return [p.data_ptr() for p in model.parameters()], state, settings
 
 
-class GraphedEpoch:
-    """Called as train.train_one_epoch, with the same result. Each full batch is copied into static input
-    tensors and the recorded step replayed; a last smaller batch runs the same step eagerly, into the
-    same grads and sums. The first WARMUP_STEPS full batches run eagerly too: they are the epoch's own
-    first steps, so warming up changes nothing that the eager loop would not."""
+class GraphedStep:
+    """Called as train_step, with the same result. A batch of a size seen WARMUP_STEPS times already is
+    copied into static input tensors and the step recorded for that size is replayed; until then (the
+    first batches, a last smaller batch) the step runs eagerly. Those eager steps are the epoch's own
+    steps, so warming up changes nothing that the eager loop would not.
 
-    def __init__(self, device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device)  # warm-up, and capture, on a side stream (PyTorch's notes)
-        self.total_loss = torch.zeros((), device=device)  # the sums the graph adds into: made once
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.graph, self.warmed_up = None, 0
+    The recorded step keeps its own grads: with zero_grad() setting them to None, backward makes new
+    ones inside the graph's memory, and optimizer.step() in the graph reads those."""
 
-    def __call__(self, model, batches, optimizer, device):
-        model.train()
-        self.total_loss.zero_()
-        self.correct.zero_()
-        full, seen = None, 0
-        for x, y in batches:
-            if full is None:  # a DataLoader's batches all have the first one's size, but the last
-                full = x.shape
-                if self.graph is not None and (full != self.x.shape or binding(model, optimizer) != self.bound):
-                    self.graph, self.warmed_up = None, 0  # other weights, grads, lr or batch size: capture anew
-            if x.shape != full:  # the last, smaller batch: eagerly, into the same grads and sums
-                self.eager_step(model, optimizer, x, y)
-            elif self.graph is None and self.warmed_up < WARMUP_STEPS:
-                self.eager_step(model, optimizer, x, y)
-                self.warmed_up += 1
-            else:
-                if self.graph is None:
-                    self.capture(model, optimizer, x, y)
-                self.x.copy_(x, non_blocking=True)  # the batch into the graph's input tensors
-                self.y.copy_(y, non_blocking=True)
-                self.graph.replay()
-            seen += len(y)
-        return self.total_loss.item() / seen, 100.0 * self.correct.item() / seen
+    def __init__(self, step, device):
+        self.step, self.device = step, device
+        self.stream = torch.cuda.Stream(device)  # warm-up and capture on a side stream (PyTorch's notes)
+        self.graphs, self.seen, self.bound = {}, {}, None
 
-    def eager_step(self, model, optimizer, x, y):
-        """sgd_step, eagerly, on the side stream (where PyTorch asks to warm up), then joined back."""
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def __call__(self, model, optimizer, x, y):
+        bound = binding(model, optimizer)
+        if bound != self.bound:  # other weights, optimizer state or lr: what was recorded no longer fits
+            self.graphs, self.seen, self.bound = {}, {}, bound
+        size = (x.shape, y.shape)
+        if size not in self.graphs and self.seen.get(size, 0) >= WARMUP_STEPS:
+            self.graphs[size] = self.capture(model, optimizer, x, y)
+        if size not in self.graphs:
+            self.seen[size] = self.seen.get(size, 0) + 1
+            return self.eager(model, optimizer, x, y)
+        graph, static_x, static_y, outputs = self.graphs[size]
+        static_x.copy_(x, non_blocking=True)  # the batch into the graph's input tensors
+        static_y.copy_(y, non_blocking=True)
+        graph.replay()
+        return outputs  # overwritten by the next replay: train_one_epoch adds them up at once
+
+    def eager(self, model, optimizer, x, y):
+        """The step, eagerly, on the side stream (where PyTorch asks to warm up), then joined back."""
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
-            sgd_step(model, optimizer, x, y, self.total_loss, self.correct)
+            outputs = self.step(model, optimizer, x, y)
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return outputs
 
     def capture(self, model, optimizer, x, y):
-        """Record sgd_step on static input tensors shaped like x, y. The grads exist already (made by the
-        warm-up), so the graph zeroes and fills those same tensors, as the last smaller batch does."""
-        self.x = torch.empty_like(x, device=self.device)
-        self.y = torch.empty_like(y, device=self.device)
-        # optimizer.step() hands the learning rate to its kernels as a Python float, so the graph keeps
-        # the lr it sees now. train.py captures in the first epoch it trains, after main() has set the lr
-        # for good (a --lr given when resuming included); an lr changed later makes the next epoch
-        # capture anew (binding). Plain SGD has no step count or state: no `capturable` needed.
-        self.graph = record(lambda: sgd_step(model, optimizer, self.x, self.y, self.total_loss, self.correct),
-                            self.stream, self.device)
-        self.bound = binding(model, optimizer)
+        """(graph, static x, static y, the step's outputs): the step recorded on static tensors shaped
+        like x and y. Recording runs nothing; the first replay takes this batch's step."""
+        static_x, static_y = torch.empty_like(x), torch.empty_like(y)
+        # optimizer.step() hands the learning rate to its kernels as a Python float, so the graph keeps the
+        # lr it sees now; a changed lr changes binding(), and the next step records anew.
+        graph, outputs = record(lambda: self.step(model, optimizer, static_x, static_y), self.stream, self.device)
+        return graph, static_x, static_y, outputs
 
 
 def record(step, stream, device):
-    """A CUDA graph of the GPU work step() launches; recording it runs nothing."""
+    """(a CUDA graph of the GPU work step() launches, step()'s outputs); recording it runs nothing."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.device(device), torch.cuda.graph(graph, stream=stream):
-        step()
-    return graph
+        outputs = step()
+    return graph, outputs

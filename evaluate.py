@@ -22,6 +22,8 @@ import plots
 import runs
 from train import DATA_DIR, DEVICE, RUNS_DIR, THREADS, evaluate
 
+PICTURES = ("confusion_matrix.png", "mistakes.png", "hidden_units.png")  # drawn beside the checkpoint
+
 
 def class_metrics(confusion):
     """Per digit: (images, correct, recall %, precision %, F1 %) from a confusion matrix.
@@ -86,23 +88,34 @@ def main(argv=None):
     path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
     ckpt = checkpoint.load(path)
     model = checkpoint.model_from(ckpt, path, device)
-    print(f"checkpoint {path}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}")
+    print(f"checkpoint {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}")
     if args.image:
         return classify_images(model, args.image, device, args.save_input)
     folder = args.plots_dir or os.path.dirname(path) or "."
     hint = "pass --no-plots, or --plots-dir DIR for the pictures"
+    # hidden_units.png reads fc1 and fc2 as model.py's Net makes them: another network gets the other two
+    names = PICTURES if checkpoint.TEMPLATE.fullmatch(ckpt["arch"]) else PICTURES[:2]
     if not args.no_plots:
         runs.check_writable(folder, hint)
-    loader = data.build_test_loader(args.data_dir or ckpt["config"].get("data_dir", DATA_DIR), device=device)
+        for name in names:  # a picture of the user's own in the way is theirs: nothing is drawn over it
+            if os.path.lexists(os.path.join(folder, name)) and not plots.drawn_here(os.path.join(folder, name)):
+                raise cli.UserError(f"{cli.shown(os.path.join(folder, name))} is not a picture evaluate.py drew, "
+                                    f"so it stays as it is: move it, or {hint}")
+    data_dir = args.data_dir or ckpt["config"].get("data_dir")
+    if data_dir is None:
+        data_dir = DATA_DIR
+        print(f"{cli.shown(path)} does not say where its data was (an older train.py): reading {DATA_DIR}; "
+              "pass --data-dir DIR if that is not it")
+    loader = data.build_test_loader(data_dir, device=device)
     loss, confusion, images, probs, labels = evaluate_keeping(model, loader, device)
     print(format_report(loss, confusion))
     if not args.no_plots:
-        for name, picture in (("confusion_matrix.png", plots.confusion_matrix(confusion)),
-                              ("mistakes.png", plots.mistakes(images, probs, labels)),
-                              ("hidden_units.png", plots.hidden_units(model.fc1.weight, model.fc2.weight,
-                                                                      ckpt["arch"], ckpt["epoch"]))):
+        for name in names:
+            picture = (plots.confusion_matrix(confusion) if name == "confusion_matrix.png" else
+                       plots.mistakes(images, probs, labels) if name == "mistakes.png" else
+                       plots.hidden_units(model.fc1.weight, model.fc2.weight, ckpt["arch"], ckpt["epoch"]))
             runs.write(os.path.join(folder, name), picture, hint)
-            print(f"saved {os.path.join(folder, name)}")
+            print(f"saved {cli.shown(os.path.join(folder, name))}")
 
 
 def classify_images(model, paths, device, save_dir):

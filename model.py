@@ -3,8 +3,8 @@
     from model import Net
     logits = Net()(images)  # images: (N, 1, 28, 28) or (N, 784)
 
-Edit HIDDEN or ACTIVATION to try another network; runs trained before the edit stay usable, since
-each checkpoint records the network it holds (its `arch`, e.g. '784-64-10 sigmoid').
+Edit HIDDEN or ACTIVATION, or the class itself, to try another network: each checkpoint records the
+network it holds (its `arch`, e.g. '784-64-10 sigmoid'), so runs trained before an edit stay usable.
 """
 from torch import nn
 
@@ -25,8 +25,3 @@ class Net(nn.Module):
         # logits, not probabilities: CrossEntropyLoss applies log-softmax itself
         return self.fc2(self.activation(self.fc1(x.flatten(1))))
 
-
-def architecture(model):
-    """'784-64-10 sigmoid': layer sizes and activation, read off the model as it is built."""
-    sizes = [model.fc1.in_features, model.fc1.out_features, model.fc2.out_features]
-    return "-".join(map(str, sizes)) + " " + type(model.activation).__name__.lower()

@@ -1,12 +1,16 @@
 """Every figure, returned as PNG bytes for the caller to write: training curves, confusion matrix,
-the most confident mistakes, the hidden units' input weights, and several runs compared.
-matplotlib without pyplot: no window.
+the most confident mistakes, the hidden units' input weights, and several runs compared (train.py's
+curves are written here too, by save_training_curves). matplotlib without pyplot: no window.
 """
 import io
+import os
 import warnings
 
 import torch
 
+import runs
+
+SOFTWARE = "MNIST classifier, plots.py"  # written into every PNG drawn here (drawn_here)
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid
 LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover the lines
 MAX_TILES = 512  # hidden units drawn at most: a 784-20000-10 network would take minutes and 50 MB
@@ -23,8 +27,18 @@ def png(fig):
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # a glyph the font lacks (a run named in CJK) is drawn as a box, silently
         warnings.simplefilter("ignore")
-        fig.savefig(buffer, format="png", dpi=100)
+        fig.savefig(buffer, format="png", dpi=100, metadata={"Software": SOFTWARE})
     return buffer.getvalue()
+
+
+def drawn_here(path):
+    """Whether the file at path is a picture drawn here (its PNG names SOFTWARE): one the scripts may draw
+    again over. Any other file in its place is the user's, and stays as it is."""
+    try:
+        with open(path, "rb") as f:
+            return f"tEXtSoftware\0{SOFTWARE}".encode() in f.read(4096)
+    except OSError:
+        return False
 
 
 def schedule(history, key):
@@ -53,6 +67,13 @@ def training_curves(history, arch, seed):
     fig.suptitle(f"{arch} MLP, SGD lr {schedule(history, 'lr')}, batch {schedule(history, 'batch_size')}, "
                  f"seed {seed}, {len(history)} epochs")
     return png(fig)
+
+
+def save_training_curves(folder, history, arch, seed):
+    """training_curves written into folder/training_curves.png, whole or not at all; returns its path."""
+    path = os.path.join(folder, "training_curves.png")
+    runs.write(path, training_curves(history, arch, seed), f"the run itself is saved in {os.path.join(folder, 'model.pt')}")
+    return path
 
 
 def confusion_matrix(confusion):

@@ -7,7 +7,10 @@
 """
 import glob
 import json
+import math
 import os
+import re
+import secrets
 import shlex
 
 try:
@@ -17,7 +20,7 @@ except ImportError:  # Windows: no advisory locks, so two runs into one folder a
 
 import checkpoint
 import cli
-from cli import UserError, signals_held
+from cli import UserError, shown, signals_held
 
 RUN_FILES = ("model.pt", "history.json", "training_curves.png")
 STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in the folder
@@ -25,59 +28,57 @@ STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in
 
 def folder_name(config, arch=STANDARD):
     """'lr0.01-bs64'; 'h128-relu-' first for another network, '-seed3' for a seed other than 0."""
-    (hidden, activation), (standard_hidden, standard_activation) = (checkpoint.ARCH.fullmatch(a).groups()
-                                                                    for a in (arch, STANDARD))
-    parts = [f"h{hidden}"] * (hidden != standard_hidden) + [activation] * (activation != standard_activation)
+    (sizes, *layers), (standard_sizes, *standard_layers) = (re.findall(r"[^ (]+(?:\([^)]*\))?", a)
+                                                            for a in (arch, STANDARD))
+    hidden = "-".join(sizes.replace("+", "-").split("-")[1:-1])
+    layers = [re.sub(r"[^a-z0-9._]", "", layer.split("(")[0].lower()).strip("._") for layer in layers]
+    parts = [f"h{hidden}"] * (sizes != standard_sizes) + [n for n in layers if n] * (layers != standard_layers)
     parts += [f"lr{config['lr']:g}", f"bs{config['batch_size']}"] + [f"seed{config['seed']}"] * (config["seed"] != 0)
-    return "-".join(parts)
+    return "-".join(parts)[-120:].lstrip("-.")
 
 
 class Run:
     """The folder a training run writes into, held while it runs:
 
-        with Run(out, config, arch, exact, continues) as run:
-            run.save(ckpt)                           # model.pt and history.json, whole or not at all
-            run.write("training_curves.png", png_bytes)
+        with Run(args, arch, runs_dir) as folder:
+            save(folder, ckpt)  # model.pt and history.json, whole or not at all
 
-    The folder is exactly `out` when `exact` or when the run `continues` a checkpoint, else a new one
-    under `out` named by folder_name. It is made, and locked so that a second train.py cannot write
-    there at once; what a killed run left half-written is removed; another run's files are never
-    written over, only the checkpoint the run continues. Ctrl-C, SIGTERM or SIGHUP inside the block
-    ends with what is saved and the command that goes on.
+    The folder is a new one in runs_dir named by folder_name, or exactly args.out, or for a resumed run
+    the one resumed_settings chose. It is made, and locked so that a second train.py cannot write there
+    at once; another run's files are never written over, only the checkpoint the run continues. Ctrl-C,
+    SIGTERM or SIGHUP inside the block ends saying what is saved and the command that goes on.
     """
 
-    def __init__(self, out, config, arch, exact=False, continues=None):
-        self.made = not (exact or continues)  # a new folder, ours to remove if nothing gets saved in it
-        self.folder = new_folder(out, folder_name(config, arch)) if self.made else out
+    def __init__(self, args, arch, runs_dir):
+        self.made = args.out is None  # a new folder, ours to remove if nothing gets saved in it
+        self.folder = new_folder(runs_dir, folder_name(vars(args), arch)) if self.made else args.out
         self.model_path = os.path.join(self.folder, "model.pt")
-        self.continues, self.saved = continues, None  # saved: (epoch, of how many) once this run saved one
+        self.continues, self.epochs = args.resume, args.epochs
         check_writable(self.folder, "pass --out DIR")
         self.lock = lock(self.folder)
         try:
-            self.check_files(continues)
+            self.check_files(args.resume)
         except BaseException:
             self.close()
             raise
-        for name in RUN_FILES:  # half-written by a killed run; we hold the lock now
-            for stale in glob.glob(os.path.join(glob.escape(self.folder), glob.escape(name) + ".*.tmp")):
-                os.unlink(stale)
+        self.before = saved_epoch(self.folder)  # a run resumed in place: the epoch it goes on from
 
     def check_files(self, continues):
         """UserError if the run would write over anything but the checkpoint it continues."""
         for name in RUN_FILES:
             path = os.path.join(self.folder, name)
             if os.path.lexists(path) and not os.path.isfile(path):
-                raise UserError(f"{os.path.abspath(path)} is in the way (not a regular file): "
+                raise UserError(f"{shown(os.path.abspath(path))} is in the way (not a regular file): "
                                 "move it, or pass another --out")
         in_place = continues and os.path.isfile(self.model_path) and os.path.samefile(self.model_path, continues)
         if not in_place and any(os.path.lexists(os.path.join(self.folder, name)) for name in RUN_FILES):
-            where = os.path.abspath(self.folder)
+            where = shown(os.path.abspath(self.folder))
             raise UserError(f"{where} already holds a run: pass --resume to continue it, or another --out"
                             if continues is None else f"{where} holds another run's files, which resuming "
-                            f"{continues} would replace: pass --out DIR to continue it in a folder of its own")
+                            f"{shown(continues)} would replace: pass --out DIR to continue it in a folder of its own")
 
     def __enter__(self):
-        return self
+        return self.folder
 
     def __exit__(self, kind, error, traceback):
         self.close()
@@ -88,64 +89,83 @@ class Run:
         if self.lock:
             self.lock.close()  # the folder is free again
             self.lock = None
-        if self.made and not self.saved:  # nothing in it: no empty folder for compare.py to skip
+        if self.made and not saved_epoch(self.folder):  # nothing in it: no empty folder for compare.py to skip
             if os.path.isfile(os.path.join(self.folder, ".lock")):
                 os.unlink(os.path.join(self.folder, ".lock"))
             if not os.listdir(self.folder):
                 os.rmdir(self.folder)
 
-    def kept(self):
-        """Where the last finished epoch is."""
-        if self.saved:
-            return f"{self.model_path} keeps epoch {self.saved[0]}"
-        return f"{self.continues} is as it was" if self.continues else "nothing was saved"
-
     def where_to_go_on(self):
-        if self.saved and self.saved[0] == self.saved[1]:
-            return f"all {self.saved[1]} epochs are saved in {self.model_path}; only the curves were not drawn"
-        if self.saved:
-            return f"epoch {self.saved[0]}/{self.saved[1]} is saved in {self.model_path}; continue with: " \
-                + shlex.join(["python", "train.py", "--resume", self.model_path])
-        return f"no epoch had finished, {self.kept()}"
-
-    def save(self, ckpt):
-        """model.pt and history.json, written together: a signal waits until both are on disk."""
-        data = checkpoint.dumps(ckpt)
-        history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"
-        with signals_held():
-            write(self.model_path, data)
-            write(os.path.join(self.folder, "history.json"), history)
-            self.saved = ckpt["epoch"], ckpt["config"]["epochs"]  # before a held signal is raised
-
-    def write(self, name, data):
-        """Another file of the run's (a picture), written atomically; returns its path."""
-        path = os.path.join(self.folder, name)
-        write(path, data, f"the run itself is saved in {self.model_path}")
-        return path
+        """What is saved, read from the folder itself, and the command that goes on from it."""
+        saved, path = saved_epoch(self.folder), shown(self.model_path)
+        if saved and saved == self.epochs:
+            return f"all {saved} epochs are saved in {path}; only the curves were not drawn"
+        if saved:
+            return (f"epoch {saved}/{self.epochs} is saved in {path}; continue with: "
+                    + shlex.join(["python", "train.py", "--resume", path]))
+        return f"no epoch had finished, {kept(self.folder, self.continues)}"
 
 
-def resume(args, given):
-    """(checkpoint, its path, the folder the run goes on in, one line per setting a flag changes),
-    for --resume [CHECKPOINT] (default: the newest run in --out); refuses what cannot go on."""
-    path = args.resume or newest_checkpoint(args.out)
-    if not path.isprintable():  # it is printed below: a newline or escape would reach the terminal
-        raise UserError(f"{ascii(path)[1:-1]}: a path with control characters in it; rename it to resume it")
+def saved_epoch(folder):
+    """The last epoch saved in folder (its history.json, written with model.pt), or 0."""
+    try:
+        with open(os.path.join(folder, "history.json")) as f:
+            return len(json.load(f))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def kept(folder, continues=None):
+    """Where the last finished epoch is, for a message."""
+    saved = saved_epoch(folder)
+    if saved:
+        return f"{shown(os.path.join(folder, 'model.pt'))} keeps epoch {saved}"
+    return f"{shown(continues)} is as it was" if continues else "nothing was saved"
+
+
+def save(folder, ckpt):
+    """model.pt and history.json in folder, written together: a signal waits until both are on disk. A
+    checkpoint that is not one train.py could load again (a loss gone to NaN, say) is refused instead."""
+    last = ckpt["history"][-1]
+    if not (math.isfinite(last["train_loss"]) and math.isfinite(last["test_loss"])) or checkpoint.problem(ckpt):
+        loss = last["train_loss"] if not math.isfinite(last["train_loss"]) else last["test_loss"]
+        raise UserError(f"the training loss became {loss:g} in epoch {ckpt['epoch']}; stopped, {kept(folder)}. "
+                        "Lower the learning rate (--lr)")
+    data = checkpoint.dumps(ckpt)
+    history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"
+    with signals_held():
+        write(os.path.join(folder, "model.pt"), data)
+        write(os.path.join(folder, "history.json"), history, f"{shown(os.path.join(folder, 'model.pt'))} is saved")
+
+
+def resumed_settings(parser, argv, args, runs_dir):
+    """The settings a --resume [CHECKPOINT] run goes on with (default: the newest run in --out or runs_dir):
+    the run's own, checked by the parser as flags are, with the flags written now over them. Sets
+    .resume to the checkpoint, .out to the folder it goes on in (its own, or the --out given with a
+    CHECKPOINT), and .resuming to the lines that say so; refuses what cannot go on."""
+    path = args.resume or newest_checkpoint(args.out or runs_dir)
     ckpt = checkpoint.load(path)
     checkpoint.check_resumable(ckpt, path)
     config = ckpt["config"]
-    if "seed" in given and args.seed != config["seed"]:
-        raise UserError(f"--seed {args.seed}: a resumed run goes on from its own weights and shuffle "
+    parser.saved_in = shown(path)  # a saved setting that fails its flag's check names the checkpoint
+    parser.set_defaults(**{key: str(value) for key, value in config.items() if parser.get_default(key) is not None})
+    resumed = parser.parse_args(argv)
+    if resumed.seed != config["seed"]:
+        raise UserError(f"--seed {resumed.seed}: a resumed run goes on from its own weights and shuffle "
                         f"(seed {config['seed']}); leave --seed out, or start a new run")
-    epochs = args.epochs if "epochs" in given else config["epochs"]
-    if epochs <= ckpt["epoch"]:
-        raise UserError(f"{path} is at epoch {ckpt['epoch']} already; "
+    if resumed.epochs <= ckpt["epoch"]:
+        raise UserError(f"{shown(path)} is at epoch {ckpt['epoch']} already; "
                         f"pass --epochs N with N > {ckpt['epoch']} to train further")
-    notes = [f"{key.replace('_', ' ')} {config[key]} -> {getattr(args, key)} from epoch {ckpt['epoch'] + 1}"
-             for key in ("lr", "batch_size", "loader", "threads", "device")
-             if key in given and key in config and getattr(args, key) != config[key]]
-    # --resume CHECKPOINT --out DIR goes on in DIR and leaves the checkpoint as it is
-    folder = args.out if args.resume and "out" in given else os.path.dirname(path) or "."
-    return ckpt, path, folder, notes
+    resumed.resuming = [f"resuming {shown(path)} after epoch {ckpt['epoch']}/{resumed.epochs}"]
+    resumed.resuming += [f"{key.replace('_', ' ')} {config[key]} -> {getattr(resumed, key)} from epoch {ckpt['epoch'] + 1}"
+                         for key in ("lr", "batch_size", "loader", "threads", "device")
+                         if key in config and getattr(resumed, key) != config[key]]
+    if "data_dir" not in config:
+        resumed.resuming.append(f"{shown(path)} does not say where its data was (an older train.py): reading "
+                                f"{shown(resumed.data_dir)}; pass --data-dir DIR if that is not it")
+    resumed.resume = path
+    resumed.out = args.out if args.resume and args.out else os.path.dirname(path) or "."
+    return resumed
 
 
 def new_folder(root, name):
@@ -158,7 +178,7 @@ def new_folder(root, name):
         except FileExistsError:
             continue
         except OSError as e:
-            raise UserError(f"cannot make the run folder {os.path.abspath(folder)} ({e.strerror or e}); "
+            raise UserError(f"cannot make the run folder {shown(os.path.abspath(folder))} ({e.strerror or e}); "
                             "pass --out DIR") from None
     raise UserError(f"{root} holds too many runs named {name}; pass --out DIR")
 
@@ -168,26 +188,23 @@ def newest_checkpoint(root):
     found = [p for p in glob.glob(os.path.join(root, "*", "model.pt")) + [os.path.join(root, "model.pt")]
              if os.path.isfile(p)]
     if not found:
-        raise UserError(f"no run in {os.path.abspath(root)} yet: train one with python train.py, "
+        raise UserError(f"no run in {shown(os.path.abspath(root))} yet: train one with python train.py, "
                         "or name a checkpoint")
     return max(found, key=os.path.getmtime)
 
 
 def lock(folder):
-    """An open file holding an advisory lock on folder/.lock: close it, or end the process, to let go."""
+    """An open file holding an advisory lock on folder/.lock: close it, or end the process, to let go.
+    The file is made if missing and never written to: a .lock of the user's own stays as it was."""
     if fcntl is None:
         return None
-    handle = open(os.path.join(folder, ".lock"), "a+")
+    handle = open(os.path.join(folder, ".lock"), "ab")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        raise UserError(f"another train.py (process {pid}) is writing into {os.path.abspath(folder)}: "
+        handle.close()
+        raise UserError(f"another train.py is writing into {shown(os.path.abspath(folder))}: "
                         "wait for it to end, or pass another --out") from None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
     return handle  # the lock holds while this stays open
 
 
@@ -196,16 +213,17 @@ def write(path, data, hint="the previous file, if any, is unchanged"):
 
     A crash, a full disk or Ctrl-C midway leaves the old file whole; a failure is a UserError
     naming the file, the reason and the hint."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # ours alone to remove
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        raise UserError(f"cannot write {os.path.abspath(path)} ({e.strerror or e}); {hint}") from None
+        raise UserError(f"cannot write {shown(os.path.abspath(path))} ({e.strerror or e}); {hint}") from None
     except BaseException:
         _remove(tmp)
         raise
@@ -218,15 +236,18 @@ def _remove(tmp):
 
 def check_writable(folder, hint):
     """UserError now, before the work, if files cannot be written into folder."""
+    where = shown(os.path.abspath(folder))
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise UserError(f"{where} is a symbolic link to {shown(os.readlink(folder))}, which does not exist; {hint}")
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{os.path.abspath(folder)} is a file, not a folder; {hint}")
+        raise UserError(f"{where} is a file, not a folder; {hint}")
     if not os.path.isdir(folder):
         try:
             os.makedirs(folder)
         except OSError as e:
-            raise UserError(f"cannot make {os.path.abspath(folder)} ({e.strerror or e}); {hint}") from None
+            raise UserError(f"cannot make {where} ({e.strerror or e}); {hint}") from None
     if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write into {os.path.abspath(folder)}; {hint}")
+        raise UserError(f"cannot write into {where}; {hint}")
 
 
 def unused_name(folder, filename, suffix, taken):

@@ -1,5 +1,7 @@
 """checkpoint.py: what a checkpoint holds, and every kind of file that must be refused before or
 after unpickling (crafted ones built here, never committed), through the real command lines."""
+import contextlib
+import functools
 import io
 import os
 import pickle
@@ -10,10 +12,12 @@ import torch
 from torch import nn
 
 import checkpoint
+import cli
+import compare
 import evaluate
 import model
 import train
-from conftest import ROOT, main_error, peak_memory
+from conftest import ROOT, main_error, peak_memory, run_script
 
 
 @pytest.fixture()
@@ -126,38 +130,124 @@ def test_folders_images_and_missing_files_say_what_they_are(good, fake_mnist, tm
     assert "looks like a checkpoint: name it before --image" in line
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda c: c.update(epoch="3"), "no 'epoch' of type int"),
-    (lambda c: c.update(epoch=True), "no 'epoch' of type int"),
-    (lambda c: c.update(epoch=5), "epoch 5 with 2 history entries"),
-    (lambda c: c.update(epoch=0, history=[]), "epoch 0 with 0 history entries"),
-    (lambda c: c.update(history={"epoch": 1}), "no 'history' of type list"),
-    (lambda c: c["history"][1].pop("test_acc"), "history entry 2 is incomplete"),
-    (lambda c: c["history"][0].update(epoch=7), "history entry 1 is incomplete"),
-    (lambda c: c["config"].pop("lr"), "config has no 'lr'"),
-    (lambda c: c["model"].update(extra=[1, 2]), "'model' holds more than tensors"),
-])
-def test_edited_structures_are_refused_on_load(good, fake_mnist, tmp_path, damage, message):
+# Values no field accepts: wrong types, control characters, numbers out of every range or not finite.
+HOSTILE = [None, True, "3\n", "\x1b[2J\x1b[31merror: fake", [1], {}, (1,), -1, 10**400, 1e308, -1e308,
+           float("nan"), float("inf"), torch.zeros(3), torch.tensor(5)]
+
+
+def hostile_variants(ckpt):
+    """(where, checkpoint) with one field of the description set to a hostile value, for every field and
+    kind: each top-level key, each config field, each field of a history entry, a key of none of them."""
+    for key in checkpoint.DESCRIPTION:
+        for value in HOSTILE:
+            yield key, dict(ckpt, **{key: value})
+    for key in checkpoint.CONFIG:
+        for value in HOSTILE + ["a" * 5000] + (["cuda:99999"] if key == "device" else []):
+            yield f"config {key}", dict(ckpt, config=dict(ckpt["config"], **{key: value}))
+    for key in checkpoint.HISTORY_ENTRY:
+        for value in HOSTILE:
+            yield f"history {key}", dict(ckpt, history=[dict(ckpt["history"][0], **{key: value}), ckpt["history"][1]])
+    for where, extra in (("top", {}), ("config", {"config": None}), ("history", {"history": None})):
+        for key in ("extra", ("a", "tuple"), 7):
+            if where == "top":
+                yield f"{where} key {key!r}", dict(ckpt, **{key: 1}) if isinstance(key, str) else {**ckpt, key: 1}
+            elif where == "config":
+                yield f"{where} key {key!r}", dict(ckpt, config={**ckpt["config"], key: 1})
+            else:
+                yield f"{where} key {key!r}", dict(ckpt, history=[{**ckpt["history"][0], key: 1}, ckpt["history"][1]])
+    for key in checkpoint.REQUIRED:
+        yield f"without {key}", {k: v for k, v in ckpt.items() if k != key}
+    for key in checkpoint.REQUIRED_CONFIG:
+        yield f"without config {key}", dict(ckpt, config={k: v for k, v in ckpt["config"].items() if k != key})
+    for key in checkpoint.REQUIRED_ENTRY:
+        yield f"without history {key}", dict(ckpt, history=[{k: v for k, v in h.items() if k != key}
+                                                             for h in ckpt["history"]])
+
+
+def bad_tensors(t):
+    """A tensor's hostile forms: a stride-0 view claiming 150 million elements, a view into a larger
+    storage, a transposed one, another dtype, NaN and infinite values."""
+    yield "stride 0", t.flatten()[:1].expand(200_000, 784)
+    yield "a view", torch.zeros(t.numel() + 10, dtype=t.dtype)[10:].view(t.shape)
+    if t.dim() == 2:
+        yield "transposed", t.t()
+    yield "integers", t.to(torch.int64)
+    if t.is_floating_point():
+        yield "NaN", t.clone().flatten().index_fill(0, torch.tensor([0]), float("nan")).view(t.shape)
+        yield "inf", t.clone().flatten().index_fill(0, torch.tensor([0]), float("inf")).view(t.shape)
+
+
+def test_every_field_of_the_description_refuses_every_kind_of_hostile_value(good, tmp_path):
+    """The one gate: each field of checkpoint.DESCRIPTION (top level, config, history entries), set to a
+    hostile value of each kind, is refused by load() in one printable line, before any network is built."""
+    path, ckpt = good
+    variants = list(hostile_variants(ckpt))
+    for key, t in ckpt["model"].items():
+        variants += [(f"model {key} {kind}", dict(ckpt, model=dict(ckpt["model"], **{key: bad})))
+                     for kind, bad in bad_tensors(t)]
+    variants += [(f"generator {kind}", dict(ckpt, generator=bad)) for kind, bad in bad_tensors(ckpt["generator"])]
+    variants += [("generator zeros", dict(ckpt, generator=torch.zeros_like(ckpt["generator"]))),
+                 ("generator 0xFF", dict(ckpt, generator=torch.full_like(ckpt["generator"], 255))),
+                 ("optimizer momentum", dict(ckpt, optimizer=torch.optim.SGD(model.Net().parameters(), lr=0.1,
+                                                                               momentum=0.9).state_dict())),
+                 ("history with a tensor", dict(ckpt, history=[dict(h, seconds=torch.tensor(1.0))
+                                                               for h in ckpt["history"]]))]
+    assert len(variants) > 300
+    for where, bad in variants:
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(cli.UserError) as e:
+            checkpoint.load(str(tmp_path / "bad.pt"))
+        said = str(e.value)
+        assert "not a checkpoint of this train.py" in said or "not a readable checkpoint" in said, (where, said)
+        assert said.isprintable() and "\n" not in said, (where, said)
+    assert checkpoint.load(str(path))["epoch"] == 2  # the untouched one passes
+
+
+def test_refusals_reach_the_scripts_as_one_line_and_change_nothing(good, fake_mnist, tmp_path):
     _, ckpt = good
-    damage(ckpt)
-    path = saved(tmp_path, "edited.pt", ckpt)
-    for module, args in ((evaluate, [path, "--no-plots"]), (train, ["--resume", path, "--epochs", 9])):
-        line = main_error(module, *args, "--data-dir", fake_mnist)
-        assert "not a checkpoint of this train.py" in line and message in line, line
-    assert not (tmp_path / "history.json").exists()
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / "model.pt"
+    for bad in (dict(ckpt, epoch=5), dict(ckpt, config=dict(ckpt["config"], data_dir=123)),
+                dict(ckpt, arch="784-64-10 sigmoid\x1b[2J"), dict(ckpt, history=[dict(h, test_loss=1e308)
+                                                                                for h in ckpt["history"]])):
+        torch.save(bad, path)
+        for module, args in ((evaluate, [path, "--no-plots", "--data-dir", fake_mnist]),
+                             (train, ["--resume", path, "--epochs", 9, "--data-dir", fake_mnist])):
+            line = main_error(module, *args)
+            assert "not a checkpoint of this train.py" in line and "\x1b" not in line, line
+        proc = run_script("compare.py", tmp_path / "run", "--out", tmp_path / "c.png")
+        assert proc.returncode == 1 and "not a checkpoint of this train.py" in proc.stderr, proc.stderr
+        assert "\x1b" not in proc.stderr and "Traceback" not in proc.stderr
+        assert sorted(os.listdir(tmp_path / "run")) == ["model.pt"] and not (tmp_path / "c.png").exists()
 
 
-def test_optimizer_state_is_needed_to_resume_only(good, fake_mnist, tmp_path, capsys):
+def test_optimizer_and_generator_are_needed_to_resume_only(good, fake_mnist, tmp_path, capsys):
     _, ckpt = good
     no_optimizer = saved(tmp_path, "no_optimizer.pt", {k: v for k, v in ckpt.items() if k != "optimizer"})
     evaluate.main([str(no_optimizer), "--data-dir", fake_mnist, "--no-plots"])
     assert "test accuracy: " in capsys.readouterr().out
-    ckpt["optimizer"]["param_groups"][0]["lr"] = "fast"
-    malformed = saved(tmp_path, "malformed.pt", ckpt)
-    for path in (no_optimizer, malformed):
-        line = main_error(train, "--resume", path, "--epochs", 5, "--data-dir", fake_mnist)
-        assert "has no usable optimizer or generator state to resume from" in line
-        assert not (tmp_path / "history.json").exists()
+    line = main_error(train, "--resume", no_optimizer, "--epochs", 5, "--data-dir", fake_mnist)
+    assert "has no optimizer or generator state to resume from" in line
+    assert not (tmp_path / "history.json").exists()
+
+
+def test_a_checkpoint_of_the_first_train_py_is_read_as_one(good, fake_mnist, tmp_path, capsys, monkeypatch):
+    """The first version saved no arch, no lr or batch size per epoch, no threads or data folder."""
+    _, ckpt = good
+    first = {k: v for k, v in ckpt.items() if k != "arch"}
+    first["config"] = {k: v for k, v in ckpt["config"].items() if k in ("epochs", "batch_size", "lr", "seed", "loader")}
+    first["history"] = [{k: v for k, v in h.items() if k not in ("lr", "batch_size")} for h in ckpt["history"]]
+    path = saved(tmp_path, "first.pt", first)
+    loaded = checkpoint.load(str(path))
+    assert loaded["arch"] == "784-64-10 sigmoid" and loaded["history"][0]["lr"] == ckpt["config"]["lr"]
+    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+    assert f"checkpoint {path}: 784-64-10 sigmoid, epoch 2" in capsys.readouterr().out
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(path.read_bytes())
+    monkeypatch.setattr(train, "DATA_DIR", fake_mnist)  # what it reads, and says so
+    train.main(["--resume", str(tmp_path / "run" / "model.pt"), "--epochs", "3", "--no-plots"])
+    assert (f"does not say where its data was (an older train.py): reading {fake_mnist}; pass --data-dir"
+            in capsys.readouterr().out)
 
 
 def test_non_finite_weights_are_refused(good, fake_mnist, tmp_path):
@@ -166,7 +256,26 @@ def test_non_finite_weights_are_refused(good, fake_mnist, tmp_path):
     path = saved(tmp_path, "nan.pt", ckpt)
     png = os.path.join(ROOT, "docs", "example_seven.png")
     for args in ([path, "--data-dir", fake_mnist], [path, "--image", png]):
-        assert "weights hold NaN or infinite values" in main_error(evaluate, *args)
+        assert "model fc2.bias holds NaN or infinite values" in main_error(evaluate, *args)
+
+
+class Tanh(nn.Module):
+    """A learner's own activation: twice tanh, which nn.Tanh is not."""
+
+    def forward(self, x):
+        return 2 * torch.tanh(x)
+
+
+class Deeper(model.Net):
+    """A layer added, and dropout: what a learner writes into model.py."""
+
+    def __init__(self, hidden=128, activation=nn.ReLU):
+        super().__init__(hidden, activation)
+        self.dropout = nn.Dropout(0.2)
+        self.fc3 = nn.Linear(10, 10)
+
+    def forward(self, x):
+        return self.fc3(super().forward(self.dropout(x)))
 
 
 def test_old_runs_stay_usable_after_model_py_changes(good, fake_mnist, monkeypatch, capsys, tmp_path):
@@ -186,15 +295,42 @@ def test_old_runs_stay_usable_after_model_py_changes(good, fake_mnist, monkeypat
     train.main(["--data-dir", fake_mnist, "--epochs", "1", "--no-plots", "--device", "cpu"])
     assert os.listdir(tmp_path / "runs") == ["h128-relu-lr0.01-bs64"]  # the network is in the name
 
-    class Deeper(model.Net):  # a layer added: model.py cannot build the old network any more
-        def __init__(self, hidden=64, activation=nn.Sigmoid):
-            super().__init__(hidden, activation)
-            self.fc0 = nn.Linear(784, 784)
 
-    monkeypatch.setattr(checkpoint, "Net", Deeper)
+@pytest.mark.parametrize("edit, arch, folder", [
+    ((Deeper, None), "784-128-10-10 relu dropout(p=0.2, inplace=False)", "h128-10-relu-dropout-lr0.01-bs64"),
+    ((model.Net, (64, functools.partial(nn.LeakyReLU, 0.2))), "784-64-10 leakyrelu(negative_slope=0.2)",
+     "leakyrelu-lr0.01-bs64"),
+    ((model.Net, (64, lambda: nn.LeakyReLU(0.2))), "784-64-10 leakyrelu(negative_slope=0.2)", "leakyrelu-lr0.01-bs64"),
+    ((model.Net, (64, Tanh)), "784-64-10 test_checkpoint.Tanh", "test_checkpoint.tanh-lr0.01-bs64"),
+    ((model.Net, (0, nn.Sigmoid)), "784-0-10 sigmoid", "h0-lr0.01-bs64"),
+    ((model.Net, (64, type("Сигмоида", (nn.Sigmoid,), {"__module__": "model"}))), "784-64-10 model.Сигмоида",
+     "model-lr0.01-bs64"),
+])
+def test_any_network_model_py_builds_is_named_truly_and_rebuilt_only_exactly(fake_mnist, monkeypatch, tmp_path,
+                                                                              capsys, edit, arch, folder):
+    """Trained with model.py edited, the run is saved under its true description; with the edit, evaluate.py
+    rebuilds it; with model.py back as it was, it is refused (never rebuilt as something close), in one line
+    that names the network it holds."""
+    cls, defaults = edit
+    if defaults:
+        monkeypatch.setattr(model.Net.__init__, "__defaults__", defaults)
+    monkeypatch.setattr(train, "Net", cls)
+    monkeypatch.setattr(checkpoint, "Net", cls)
+    monkeypatch.setattr(train, "RUNS_DIR", str(tmp_path / "runs"))
+    train.main(["--data-dir", fake_mnist, "--epochs", "1", "--no-plots", "--device", "cpu"])
+    assert os.listdir(tmp_path / "runs") == [folder] and f": {arch}, device cpu" in capsys.readouterr().out
+    path = tmp_path / "runs" / folder / "model.pt"
+    assert torch.load(path, weights_only=True)["arch"] == arch
+    evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+    assert capsys.readouterr().out.startswith(f"checkpoint {path}: {arch}, epoch 1")
+    monkeypatch.undo()  # model.py as it was
+    if arch.startswith("784-0-10 sigmoid"):  # HIDDEN edited back: Net(0) is rebuilt exactly as it was
+        evaluate.main([str(path), "--data-dir", fake_mnist, "--no-plots"])
+        assert capsys.readouterr().out.startswith(f"checkpoint {path}: {arch} (model.py now builds 784-64-10 sigmoid)")
+        return
     line = main_error(evaluate, path, "--data-dir", fake_mnist)
-    assert "holds a 784-64-10 sigmoid network, which model.py no longer builds" in line
-    assert "git checkout COMMIT -- model.py" in line
+    assert f"holds a {arch} network, which model.py does not build now: make model.py build it again" in line
+    assert "if you committed that model.py, git log -p model.py has it" in line
 
 
 def test_unsafe_global_reads_the_pickle_without_running_it():
@@ -220,8 +356,8 @@ def test_damage_and_outsized_or_odd_contents_are_refused_quickly(good, fake_mnis
     line = main_error(evaluate, saved(tmp_path, "long.pt", long), "--data-dir", fake_mnist)
     assert "refused, its history is far longer than train.py writes" in line  # before reading it
     for bad, message in ((dict(ckpt, history=[dict(h, test_acc=10**400) for h in ckpt["history"]]),
-                          "history entry 1 is incomplete"),
-                         (dict(ckpt, arch="784-64-10 sigmoid\x1b[2J"), r"'784-64-10 sigmoid\x1b[2J'"),
-                         (dict(ckpt, config=dict(ckpt["config"], loader="fast\n")), r"'fast\n'")):
+                          "history entry 1: test_acc not a number"),
+                         (dict(ckpt, arch="784-64-10 sigmoid\x1b[2J"), "arch not a printable text"),
+                         (dict(ckpt, config=dict(ckpt["config"], loader="fast\n")), "config loader not one of")):
         line = main_error(evaluate, saved(tmp_path, "bad.pt", bad), "--data-dir", fake_mnist)
         assert message in line and "\x1b" not in line, line

@@ -65,5 +65,6 @@ def test_runs_it_cannot_show_are_skipped_with_one_line_each(trained, tmp_path):
     assert proc.returncode == 0 and "\x1b" not in proc.stdout + proc.stderr, proc.stderr
     assert proc.stderr.splitlines() == [r"skipped runs/clear\x1b[2J: a name with control characters in it",
                                         "skipped runs/huge: runs/huge/model.pt: not a checkpoint of this train.py "
-                                        "(history entry 1 is incomplete); train a new one with python train.py"]
+                                        "(history entry 1: lr not a number from 1e-45 to 3.4e+38); "
+                                        "train a new one with python train.py"]
     assert [row.split()[0] for row in proc.stdout.splitlines()[1:-1]] == ["runs/good"]

@@ -1,5 +1,6 @@
-"""cuda_graph.py: the step it records, run eagerly on the CPU batch by batch, against train.train_one_epoch
-bit for bit; where CUDA is present, the recorded graph against the eager loop, and train.py's choice."""
+"""cuda_graph.py: its bookkeeping on the CPU with CUDA stood in for, against train.train_one_epoch bit for
+bit, and that it records train.py's own train_step, edits included; where CUDA is present, the recorded
+graph against the eager loop, and train.py's choice."""
 import contextlib
 import copy
 
@@ -33,26 +34,6 @@ def loader(data_dir, batch_size, device, kind="fast"):
     return data.build_loaders(data_dir, batch_size, seed=0, loader=kind, device=device)[0]
 
 
-def stepwise_epoch(model, batches, optimizer):
-    """GraphedEpoch's epoch without a graph: each full batch copied into static tensors and
-    cuda_graph.sgd_step run on them, where the graph would replay it; a last smaller batch on its own."""
-    model.train()
-    total_loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
-    static_x = static_y = None
-    seen = 0
-    for x, y in batches:
-        if static_x is None:
-            static_x, static_y = torch.empty_like(x), torch.empty_like(y)
-        if x.shape == static_x.shape:
-            static_x.copy_(x)
-            static_y.copy_(y)
-            cuda_graph.sgd_step(model, optimizer, static_x, static_y, total_loss, correct)
-        else:
-            cuda_graph.sgd_step(model, optimizer, x, y, total_loss, correct)
-        seen += len(y)
-    return total_loss.item() / seen, 100.0 * correct.item() / seen
-
-
 @pytest.fixture()
 def threads():
     """train.py's thread count for the test (far quicker on a busy machine), the previous one after."""
@@ -62,93 +43,114 @@ def threads():
     torch.set_num_threads(before)
 
 
-def check_stepwise_against_train_one_epoch(data_dir, batch_size, epochs):
-    cpu = torch.device("cpu")
-    (model, optimizer), (reference, ref_optimizer) = twins(cpu, lr=0.05)
-    batches, ref_batches = loader(data_dir, batch_size, cpu), loader(data_dir, batch_size, cpu)
-    assert len(batches.dataset) % batch_size, "the test needs a last smaller batch"
-    for epoch in range(epochs):
-        sums = stepwise_epoch(model, batches, optimizer)
-        assert sums == train.train_one_epoch(reference, ref_batches, ref_optimizer, cpu), epoch
-        if epoch == 0:
-            bound = cuda_graph.binding(model, optimizer)
-        assert cuda_graph.binding(model, optimizer) == bound  # the same weight and grad tensors throughout
-    assert_same_bits(model, reference)
-
-
-def test_the_recorded_step_run_eagerly_on_the_cpu_is_train_one_epoch_bit_for_bit(fake_mnist, threads):
-    check_stepwise_against_train_one_epoch(fake_mnist, batch_size=48, epochs=3)  # 640 = 13 x 48 + 16
-
-
-def test_the_recorded_step_on_real_mnist_is_train_one_epoch_bit_for_bit(real_mnist, threads):
-    check_stepwise_against_train_one_epoch(real_mnist, batch_size=64, epochs=1)  # 60,000 = 937 x 64 + 32
-
-
-def test_binding_tells_when_a_graph_must_be_captured_anew():
+def test_binding_tells_when_a_graph_must_be_recorded_anew():
     model, optimizer = twins(torch.device("cpu"), lr=0.05)[0]
-    model(torch.zeros(2, 784)).sum().backward()
     bound = cuda_graph.binding(model, optimizer)
     model.load_state_dict(Net().state_dict())  # copies into the same tensors: the graph still holds
     assert cuda_graph.binding(model, optimizer) == bound
-    optimizer.param_groups[0]["lr"] = 0.1  # baked into the recorded step: capture anew
+    optimizer.param_groups[0]["lr"] = 0.1  # baked into the recorded step: record anew
     assert cuda_graph.binding(model, optimizer) != bound
     optimizer.param_groups[0]["lr"] = 0.05
-    optimizer.zero_grad()  # new grad tensors at the next backward: capture anew
+    assert cuda_graph.binding(model, optimizer) == bound
+    model.fc1.weight = torch.nn.Parameter(model.fc1.weight.detach().clone())  # a weight tensor elsewhere
     assert cuda_graph.binding(model, optimizer) != bound
+    momentum, momentum_optimizer = twins(torch.device("cpu"), lr=0.05)[0]
+    momentum_optimizer = torch.optim.SGD(momentum.parameters(), lr=0.05, momentum=0.9)
+    momentum(torch.zeros(2, 784)).sum().backward()
+    momentum_optimizer.step()  # makes the momentum buffers the recorded step updates in place
+    bound = cuda_graph.binding(momentum, momentum_optimizer)
+    momentum_optimizer.load_state_dict(copy.deepcopy(momentum_optimizer.state_dict()))  # new buffers: anew
+    assert cuda_graph.binding(momentum, momentum_optimizer) != bound
 
 
 class StandIn:
-    """For the CPU: a stream that orders nothing, and a "graph" whose replay runs the step eagerly."""
+    """For the CPU: a stream that orders nothing, and a "graph" whose replay runs the step eagerly and
+    leaves its results in the outputs recorded, as a CUDA graph's replay does."""
 
-    def __init__(self, step=None):
-        self.step = step
+    def __init__(self, step=None, outputs=None):
+        self.step, self.outputs = step, outputs
 
     def wait_stream(self, other):
         pass
 
     def replay(self):
-        self.step()
+        for static, new in zip(self.outputs, self.step()):
+            static.copy_(new)
 
 
-def test_graphed_epoch_with_a_stand_in_graph_is_train_one_epoch_bit_for_bit(fake_mnist, monkeypatch):
-    """GraphedEpoch's own bookkeeping on the CPU (warm-up, static tensors, last batch, sums, capturing
-    anew for a new lr), with the CUDA calls stood in for: a replay runs the recorded step eagerly."""
-    recorded, replays = [], []
+@pytest.fixture()
+def stand_in(monkeypatch):
+    """CUDA's streams and graphs stood in for on the CPU; returns the list of (step, replays) recorded."""
+    recorded = []
 
     def record(step, stream, device):
-        recorded.append(step)
-        return StandIn(lambda: replays.append(step()))
+        entry = [step, 0]
+        recorded.append(entry)
+
+        def counted():
+            entry[1] += 1
+            return step()
+        graph = StandIn(counted, [torch.zeros(()), torch.zeros((), dtype=torch.int64)])
+        return graph, graph.outputs
 
     monkeypatch.setattr(torch.cuda, "Stream", lambda device: StandIn())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: StandIn())
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(cuda_graph, "record", record)
+    return recorded
+
+
+def test_graphed_step_with_a_stand_in_graph_is_train_one_epoch_bit_for_bit(fake_mnist, stand_in, threads):
+    """GraphedStep's own bookkeeping on the CPU (warm-up per batch size, static tensors, the last smaller
+    batch, recording anew for a new lr), with the CUDA calls stood in for: a replay runs the step eagerly."""
     cpu = torch.device("cpu")
     (model, optimizer), (reference, ref_optimizer) = twins(cpu, lr=0.05)
-    batches, ref_batches = loader(fake_mnist, 48, cpu), loader(fake_mnist, 48, cpu)
-    graphed = cuda_graph.GraphedEpoch(cpu)
-    for lr in (0.05, 0.05, 0.05, 0.2):
+    batches, ref_batches = loader(fake_mnist, 48, cpu), loader(fake_mnist, 48, cpu)  # 640 = 13 x 48 + 16
+    graphed = cuda_graph.GraphedStep(train.train_step, cpu)
+    for lr in (0.05, 0.05, 0.05, 0.05, 0.2):
         optimizer.param_groups[0]["lr"] = ref_optimizer.param_groups[0]["lr"] = lr
-        sums = graphed(model, batches, optimizer, cpu)
+        sums = train.train_one_epoch(model, batches, optimizer, cpu, graphed)
         assert sums == train.train_one_epoch(reference, ref_batches, ref_optimizer, cpu), lr
         assert_same_bits(model, reference)
-    assert len(recorded) == 2 and graphed.x.shape == (48, 1, 28, 28)  # 640 = 13 x 48 + 16
-    assert len(replays) == 4 * 13 - 2 * cuda_graph.WARMUP_STEPS  # warm-up again after the new lr
+    # 48 recorded after three eager steps, 16 (one an epoch) in the fourth epoch, 48 again for lr 0.2
+    assert [replays for _, replays in stand_in] == [4 * 13 - 3, 1, 13 - 3]
 
 
+def test_the_graph_records_the_step_train_py_defines_as_edited(fake_mnist, tmp_path, stand_in, monkeypatch):
+    """A learner's edit to train_step (here weight decay) is what the graph path replays: main() on the
+    CPU, with the graph path forced and CUDA stood in for, ends where the eager loop with that edit ends."""
+    def with_weight_decay(model, optimizer, x, y):
+        sums = plain_step(model, optimizer, x, y)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.99)
+        return sums
 
-def test_cpu_trains_train_one_epoch_as_written(fake_mnist, tmp_path, monkeypatch):
-    def no_graph(device):
+    plain_step = train.train_step
+    plain = train_run(fake_mnist, tmp_path / "plain", "--epochs", 2, "--batch-size", 48, "--no-cuda-graph")
+    monkeypatch.setattr(train, "train_step", with_weight_decay)
+    eager = train_run(fake_mnist, tmp_path / "eager", "--epochs", 2, "--batch-size", 48, "--no-cuda-graph")
+    assert not stand_in
+    monkeypatch.setattr(cuda_graph, "replayed", lambda step, device: cuda_graph.GraphedStep(step, device))
+    graphed = train_run(fake_mnist, tmp_path / "graphed", "--epochs", 2, "--batch-size", 48)
+    assert [step for step, _ in stand_in] and sum(replays for _, replays in stand_in) == 2 * 13 - 3
+    assert_same_run(graphed, eager)
+    assert not torch.equal(graphed["model"]["fc1.weight"], plain["model"]["fc1.weight"])
+
+
+def test_cpu_trains_train_step_as_written(fake_mnist, tmp_path, monkeypatch):
+    def no_graph(step, device):
         raise AssertionError(f"a CUDA graph on {device}")
 
-    monkeypatch.setattr(cuda_graph, "GraphedEpoch", no_graph)
+    monkeypatch.setattr(cuda_graph, "GraphedStep", no_graph)
     assert train_run(fake_mnist, tmp_path / "plain", "--epochs", 2, "--device", "cpu")["epoch"] == 2
 
 
+@pytest.fixture()
 def counted(monkeypatch):
-    """How often GraphedEpoch captured a graph and replayed one, from here on."""
+    """How often GraphedStep recorded a graph and replayed one, from here on."""
     counts = {"captures": 0, "replays": 0}
-    capture, replay = cuda_graph.GraphedEpoch.capture, torch.cuda.CUDAGraph.replay
+    capture, replay = cuda_graph.GraphedStep.capture, torch.cuda.CUDAGraph.replay
 
     def counting_capture(self, *args):
         counts["captures"] += 1
@@ -158,7 +160,7 @@ def counted(monkeypatch):
         counts["replays"] += 1
         return replay(self)
 
-    monkeypatch.setattr(cuda_graph.GraphedEpoch, "capture", counting_capture)
+    monkeypatch.setattr(cuda_graph.GraphedStep, "capture", counting_capture)
     monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counting_replay)
     return counts
 
@@ -169,11 +171,11 @@ def check_graph_against_eager(data_dir, batch_size, epochs, kind, counted):
     batches, ref_batches = loader(data_dir, batch_size, cuda, kind), loader(data_dir, batch_size, cuda, kind)
     full = len(batches.dataset) // batch_size
     assert len(batches.dataset) % batch_size, "the test needs a last smaller batch"
-    graphed = cuda_graph.GraphedEpoch(cuda)
+    graphed = cuda_graph.GraphedStep(train.train_step, cuda)
     for epoch in range(epochs):
-        sums = graphed(model, batches, optimizer, cuda)
+        sums = train.train_one_epoch(model, batches, optimizer, cuda, graphed)
         assert sums == train.train_one_epoch(reference, ref_batches, ref_optimizer, cuda), epoch
-    assert counted == {"captures": 1, "replays": epochs * full - cuda_graph.WARMUP_STEPS}
+    assert counted == {"captures": 1, "replays": epochs * full - cuda_graph.WARMUP_STEPS}  # the last batch eager
     assert_same_bits(model, reference)
 
 
@@ -193,11 +195,11 @@ def test_a_changed_learning_rate_is_captured_anew(fake_mnist, counted):
     cuda = torch.device("cuda")
     (model, optimizer), (reference, ref_optimizer) = twins(cuda, lr=0.05)
     batches, ref_batches = loader(fake_mnist, 48, cuda), loader(fake_mnist, 48, cuda)
-    graphed = cuda_graph.GraphedEpoch(cuda)
+    graphed = cuda_graph.GraphedStep(train.train_step, cuda)
     for lr in (0.05, 0.05, 0.2):
         optimizer.param_groups[0]["lr"] = ref_optimizer.param_groups[0]["lr"] = lr
-        assert graphed(model, batches, optimizer, cuda) == train.train_one_epoch(reference, ref_batches,
-                                                                                  ref_optimizer, cuda)
+        assert train.train_one_epoch(model, batches, optimizer, cuda, graphed) == train.train_one_epoch(
+            reference, ref_batches, ref_optimizer, cuda)
     assert counted["captures"] == 2
     assert_same_bits(model, reference)
 

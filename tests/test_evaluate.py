@@ -10,7 +10,7 @@ import checkpoint
 import evaluate
 import plots
 import train
-from conftest import DEVICES, in_order, main_error, run_script
+from conftest import DEVICES, assert_one_line_error, in_order, main_error, run_script
 from model import Net
 
 
@@ -112,6 +112,25 @@ def test_no_plots_writes_no_pictures(trained, fake_mnist, tmp_path):
     proc = run_script("evaluate.py", tmp_path / "model.pt", "--data-dir", fake_mnist, "--no-plots")
     assert proc.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     assert "saved" not in proc.stdout
+
+
+def test_pictures_of_the_users_own_are_never_drawn_over(trained, fake_mnist, tmp_path):
+    """Its own pictures are drawn again over (they say so inside); a file of the same name that it did not
+    draw stops it before the evaluation, and stays byte for byte as it was."""
+    out, _ = trained
+    (tmp_path / "model.pt").write_bytes((out / "model.pt").read_bytes())
+    proc = run_script("evaluate.py", tmp_path / "model.pt", "--data-dir", fake_mnist)
+    assert proc.returncode == 0 and "saved" in proc.stdout, proc.stderr
+    again = run_script("evaluate.py", tmp_path / "model.pt", "--data-dir", fake_mnist)
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr  # its own: drawn over
+    for name in evaluate.PICTURES:
+        theirs = Image.new("RGB", (8, 8), (1, 2, 3))
+        theirs.save(tmp_path / name)
+        before = (tmp_path / name).read_bytes()
+        proc = run_script("evaluate.py", tmp_path / "model.pt", "--data-dir", fake_mnist)
+        assert_one_line_error(proc, f"{tmp_path / name} is not a picture evaluate.py drew, so it stays as it is")
+        assert (tmp_path / name).read_bytes() == before and "test accuracy" not in proc.stdout
+        (tmp_path / name).unlink()
 
 
 def test_image_command_line(trained, tmp_path):

@@ -177,11 +177,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
     # a learning rate of 1e38 is finite and valid, and drives the weights to inf within an epoch
     proc = run_script("train.py", "--resume", "--out", out, "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38")
-    assert_one_line_error(proc, "the training loss became", "in epoch 2", f"{out / 'model.pt'} is as it was", "--lr")
+    assert_one_line_error(proc, "the training loss became nan in epoch 2", f"{out / 'model.pt'} keeps epoch 1", "--lr")
     assert {name: (out / name).read_bytes() for name in before} == before
     proc = run_script("train.py", "--resume", out / "model.pt", "--out", tmp_path / "more", "--data-dir", fake_mnist,
                       "--epochs", 3, "--lr", "1e38")
-    assert_one_line_error(proc, f"stopped, {out / 'model.pt'} is as it was")  # not the empty new folder
+    assert_one_line_error(proc, "in epoch 2; stopped, nothing was saved")  # in the new folder; the old one is as it was
+    assert {name: (out / name).read_bytes() for name in before} == before
     proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38", "--device", "cpu",
                       cwd=tmp_path)
     assert_one_line_error(proc, "in epoch 1; stopped, nothing was saved")
@@ -257,10 +258,11 @@ def test_a_resumed_run_keeps_its_threads_device_and_data_and_checks_them(fake_mn
         bad = dict(ckpt, config=dict(ckpt["config"], **{key: value}))
         torch.save(bad, tmp_path / "bad.pt")
         line = main_error(train, "--resume", tmp_path / "bad.pt", *(["--epochs", 3] if key != "epochs" else []))
-        assert f"{tmp_path / 'bad.pt'}: a saved setting is not one train.py accepts" in line, line
+        assert f"{tmp_path / 'bad.pt'}: not a checkpoint of this train.py (config {key} not a " in line, line
     bad = dict(ckpt, optimizer=torch.optim.SGD(Net().parameters(), lr=0.01, momentum=0.9, maximize=True).state_dict())
     torch.save(bad, tmp_path / "bad.pt")
-    assert "no usable optimizer" in main_error(train, "--resume", tmp_path / "bad.pt", "--epochs", 3)
+    assert "(optimizer not the plain SGD train.py builds)" in main_error(train, "--resume", tmp_path / "bad.pt",
+                                                                          "--epochs", 3)
 
 
 @pytest.mark.slow  # a process of its own
