@@ -225,8 +225,10 @@ DESCRIPTION = {"model": weights, "arch": text(2000), "optimizer": optimizer_stat
 
 def problem(ckpt):
     """What is wrong with a loaded checkpoint, against DESCRIPTION, or None."""
-    return entries(DESCRIPTION, REQUIRED)(ckpt) or (None if ckpt["epoch"] == len(ckpt["history"]) else
-                                                    f"epoch {ckpt['epoch']} with {len(ckpt['history'])} history entries")
+    found = entries(DESCRIPTION, REQUIRED)(ckpt)
+    if not found and ckpt["epoch"] != len(ckpt["history"]):
+        found = f"epoch {ckpt['epoch']} with {len(ckpt['history'])} history entries"
+    return found
 
 
 def load(path, map_location="cpu"):
@@ -255,7 +257,8 @@ def load(path, map_location="cpu"):
     if "arch" not in ckpt:  # the first train.py: fc1, sigmoid, fc2, with no record of it
         shapes = {key: tuple(t.shape) for key, t in ckpt["model"].items()}
         hidden = shapes.get("fc1.bias", (0,))[0]
-        if shapes != {"fc1.weight": (hidden, 784), "fc1.bias": (hidden,), "fc2.weight": (10, hidden), "fc2.bias": (10,)}:
+        first = {"fc1.weight": (hidden, 784), "fc1.bias": (hidden,), "fc2.weight": (10, hidden), "fc2.bias": (10,)}
+        if shapes != first:
             raise UserError(f"{name}: from an older train.py, and its weights are not a 784-H-10 network's; "
                             f"{TRAIN_AGAIN}")
         ckpt["arch"] = f"784-{hidden}-10 sigmoid"
@@ -279,7 +282,8 @@ def architecture(model):
             else:
                 chains.append([module.in_features, module.out_features])
         elif module is not model and (not list(module.children()) or not cls.__module__.startswith("torch.nn.")):
-            name = cls.__name__.lower() if cls.__module__.startswith("torch.nn.") else f"{cls.__module__}.{cls.__qualname__}"
+            torch_nn = cls.__module__.startswith("torch.nn.")
+            name = cls.__name__.lower() if torch_nn else f"{cls.__module__}.{cls.__qualname__}"
             others.append(name + (f"({module.extra_repr()})" if module.extra_repr() else ""))
     return " ".join(["+".join("-".join(map(str, chain)) for chain in chains)] + others).strip()
 

@@ -72,7 +72,8 @@ def training_curves(history, arch, seed):
 def save_training_curves(folder, history, arch, seed):
     """training_curves written into folder/training_curves.png, whole or not at all; returns its path."""
     path = os.path.join(folder, "training_curves.png")
-    runs.write(path, training_curves(history, arch, seed), f"the run itself is saved in {os.path.join(folder, 'model.pt')}")
+    hint = f"the run itself is saved in {os.path.join(folder, 'model.pt')}"
+    runs.write(path, training_curves(history, arch, seed), hint)
     return path
 
 

@@ -157,8 +157,8 @@ def resumed_settings(parser, argv, args, runs_dir):
         raise UserError(f"{shown(path)} is at epoch {ckpt['epoch']} already; "
                         f"pass --epochs N with N > {ckpt['epoch']} to train further")
     resumed.resuming = [f"resuming {shown(path)} after epoch {ckpt['epoch']}/{resumed.epochs}"]
-    resumed.resuming += [f"{key.replace('_', ' ')} {config[key]} -> {getattr(resumed, key)} from epoch {ckpt['epoch'] + 1}"
-                         for key in ("lr", "batch_size", "loader", "threads", "device")
+    resumed.resuming += [f"{key.replace('_', ' ')} {config[key]} -> {getattr(resumed, key)} from epoch "
+                         f"{ckpt['epoch'] + 1}" for key in ("lr", "batch_size", "loader", "threads", "device")
                          if key in config and getattr(resumed, key) != config[key]]
     if "data_dir" not in config:
         resumed.resuming.append(f"{shown(path)} does not say where its data was (an older train.py): reading "

@@ -79,11 +79,18 @@ def test_memory_bombs_are_refused_before_unpickling(good, tmp_path):
     huge = tmp_path / "huge.pt"
     with open(huge, "wb") as f:
         f.truncate(checkpoint.MAX_BYTES + 1)  # sparse: large, and nothing on disk
+    one_float = torch.zeros(1)  # 4 bytes on disk, claiming 1,000,000 x 784 floats: 3 GB once used
+    strided = saved(tmp_path, "strided.pt", dict(ckpt, model=dict(ckpt["model"], **{
+        "fc1.weight": one_float.expand(1_000_000, 784), "fc1.bias": one_float.expand(1_000_000),
+        "fc2.weight": one_float.expand(10, 1_000_000)}), arch="784-1000000-10 sigmoid"))
+    assert os.path.getsize(strided) < 200_000
     # One process: its peak memory after a plain refusal (the baseline), then after each crafted file.
-    (baseline, _), *rest = peak_memory("evaluate.py", [tmp_path / "missing.pt"], [bomb], [inflating], [huge])
+    (baseline, _), *rest = peak_memory("evaluate.py", [tmp_path / "missing.pt"], [bomb], [inflating], [huge],
+                                       [strided])
     messages = ("refused, it would call __builtin__.bytearray, and loading it could run that code",
                 "refused, its archive holds entries that torch.save does not write",
-                "larger than any checkpoint train.py writes")
+                "larger than any checkpoint train.py writes",
+                "(model fc1.weight not a tensor laid out as torch.save writes one)")
     for (peak, said), message in zip(rest, messages):
         assert message in said and peak - baseline < 100, (said, peak, baseline)
 
@@ -303,7 +310,8 @@ def test_old_runs_stay_usable_after_model_py_changes(good, fake_mnist, monkeypat
     ((model.Net, (64, lambda: nn.LeakyReLU(0.2))), "784-64-10 leakyrelu(negative_slope=0.2)", "leakyrelu-lr0.01-bs64"),
     ((model.Net, (64, Tanh)), "784-64-10 test_checkpoint.Tanh", "test_checkpoint.tanh-lr0.01-bs64"),
     ((model.Net, (0, nn.Sigmoid)), "784-0-10 sigmoid", "h0-lr0.01-bs64"),
-    ((model.Net, (64, type("Сигмоида", (nn.Sigmoid,), {"__module__": "model"}))), "784-64-10 model.Сигмоида",
+    ((model.Net, (64, type("Сигмоида", (nn.Sigmoid,), {"__module__": "model"}))),
+     "784-64-10 model.Сигмоида",
      "model-lr0.01-bs64"),
 ])
 def test_any_network_model_py_builds_is_named_truly_and_rebuilt_only_exactly(fake_mnist, monkeypatch, tmp_path,
