@@ -161,3 +161,7 @@ def test_an_out_that_is_a_file_is_named_as_one(fake_mnist, tmp_path):
     line = main_error(train, "--data-dir", fake_mnist, "--out", tmp_path / "notes", "--epochs", 1)
     assert f"{tmp_path / 'notes'} is a file, not a folder; pass --out DIR" in line
     assert (tmp_path / "notes").read_text() == "mine"
+    os.symlink(tmp_path / "gone", tmp_path / "link")
+    line = main_error(train, "--data-dir", fake_mnist, "--out", tmp_path / "link", "--epochs", 1)
+    assert f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'gone'}, which does not exist; pass --out" in line
+    assert not (tmp_path / "gone").exists()
