@@ -80,9 +80,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.save_input is not None and not args.image:
         raise cli.UserError("--save-input goes with --image PATH ...")
-    for path in [p for p in args.image or [] if p.endswith(".pt")]:
-        raise cli.UserError(f"{path} looks like a checkpoint: name it before --image, as in "
-                            f"python evaluate.py {path} --image {args.image[0]}")
+    checkpoints = [p for p in args.image or [] if p.endswith(".pt")]
+    if checkpoints:
+        raise cli.UserError(f"{cli.shown(checkpoints[0])} looks like a checkpoint: name it before --image, as in "
+                            f"python evaluate.py {cli.shown(checkpoints[0])} --image {cli.shown(args.image[0])}")
     torch.set_num_threads(THREADS)
     device = cli.device(args.device)
     path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
