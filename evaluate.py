@@ -2,11 +2,12 @@
 
     python evaluate.py                       # the newest run's model.pt
     python evaluate.py runs/lr0.01-bs64/model.pt --no-plots
-    python evaluate.py --image my_digit.png [more.jpg ...] [--save-input [DIR]]
+    python evaluate.py --image my_digit.png [more.jpg ...] [--save-input [DIR]] [--evidence [DIR]]
 
 Prints the test loss and accuracy (train.py's own evaluate), per-digit recall, precision and F1,
-and the confusion matrix; draws confusion_matrix.png, mistakes.png and hidden_units.png (what each
-hidden unit's input weights look like) beside the checkpoint.
+and the confusion matrix; draws confusion_matrix.png, mistakes.png, mistakes_evidence.png (which
+pixels pushed the network to each confident mistake) and hidden_units.png (what each hidden unit's
+input weights look like) beside the checkpoint.
 """
 import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
 
@@ -17,12 +18,14 @@ import torch
 
 import checkpoint
 import data
+import evidence
 import photo
 import plots
 import runs
 from train import DATA_DIR, DEVICE, RUNS_DIR, THREADS, evaluate
 
-PICTURES = ("confusion_matrix.png", "mistakes.png", "hidden_units.png")  # drawn beside the checkpoint
+PICTURES = ("confusion_matrix.png", "mistakes.png", "mistakes_evidence.png", "hidden_units.png")  # beside it
+EXPLAINED = 12  # the most confident mistakes whose evidence mistakes_evidence.png shows
 
 
 def class_metrics(confusion):
@@ -62,6 +65,15 @@ def evaluate_keeping(model, loader, device):
     return loss, confusion, images, probs, labels
 
 
+def mistakes_evidence(model, images, probs, labels, device):
+    """mistakes_evidence.png: what pushed the network to each of its most confident mistakes."""
+    picked = plots.pick_mistakes(probs, labels, EXPLAINED).tolist()
+    explained = [evidence.evidence(model, images[i].to(device)) for i in picked]
+    return plots.mistakes_evidence([images[i] for i in picked], [pixels for _, _, pixels in explained],
+                                   [labels[i].item() for i in picked], [a for a, _, _ in explained],
+                                   [r for _, r, _ in explained])
+
+
 def parse_args(argv):
     p = cli.ArgumentParser(description="Evaluate a train.py checkpoint on the MNIST test set.")
     p.add_argument("checkpoint", nargs="?", help=f"checkpoint file (default: the newest in {RUNS_DIR}/)")
@@ -71,6 +83,9 @@ def parse_args(argv):
                    help="do not draw confusion_matrix.png, mistakes.png and hidden_units.png")
     p.add_argument("--plots-dir", metavar="DIR", help="draw the pictures here (default: beside the checkpoint)")
     p.add_argument("--image", nargs="+", metavar="PATH", help="classify these photos or drawings of digits instead")
+    p.add_argument("--evidence", nargs="?", const="", metavar="DIR",
+                   help="with --image: save which pixels pushed toward the answer (red) or the runner-up (blue) "
+                        "as NAME.evidence.png, in DIR or beside each")
     p.add_argument("--save-input", nargs="?", const="", metavar="DIR",
                    help="with --image: save the 28x28 image the model saw as NAME.mnist.png, in DIR or beside each")
     return p.parse_args(argv)
@@ -78,8 +93,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.save_input is not None and not args.image:
-        raise cli.UserError("--save-input goes with --image PATH ...")
+    if (args.save_input is not None or args.evidence is not None) and not args.image:
+        raise cli.UserError(f"{'--save-input' if args.save_input is not None else '--evidence'} goes with "
+                            "--image PATH ...")
     checkpoints = [p for p in args.image or [] if p.endswith(".pt")]
     if checkpoints:
         raise cli.UserError(f"{cli.shown(checkpoints[0])} looks like a checkpoint: name it before --image, as in "
@@ -91,11 +107,11 @@ def main(argv=None):
     model = checkpoint.model_from(ckpt, path, device)
     print(f"checkpoint {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}")
     if args.image:
-        return classify_images(model, args.image, device, args.save_input)
+        return classify_images(model, args.image, device, args.save_input, args.evidence)
     folder = args.plots_dir or os.path.dirname(path) or "."
     hint = "pass --no-plots, or --plots-dir DIR for the pictures"
     # hidden_units.png reads fc1 and fc2 as model.py's Net makes them: another network gets the other two
-    names = PICTURES if checkpoint.TEMPLATE.fullmatch(ckpt["arch"]) else PICTURES[:2]
+    names = PICTURES if checkpoint.TEMPLATE.fullmatch(ckpt["arch"]) else PICTURES[:3]
     if not args.no_plots:
         runs.check_writable(folder, hint)
         for name in names:  # a picture of the user's own in the way is theirs: nothing is drawn over it
@@ -114,14 +130,15 @@ def main(argv=None):
         for name in names:
             picture = (plots.confusion_matrix(confusion) if name == "confusion_matrix.png" else
                        plots.mistakes(images, probs, labels) if name == "mistakes.png" else
-                       plots.hidden_units(model.fc1.weight, model.fc2.weight, ckpt["arch"], ckpt["epoch"]))
+                       mistakes_evidence(model, images, probs, labels, device) if name == "mistakes_evidence.png"
+                       else plots.hidden_units(model.fc1.weight, model.fc2.weight, ckpt["arch"], ckpt["epoch"]))
             runs.write(os.path.join(folder, name), picture, hint)
             print(f"saved {cli.shown(os.path.join(folder, name))}")
 
 
-def classify_images(model, paths, device, save_dir):
-    """One line per image; a file that cannot be read, or its 28x28 image saved, gets an error line,
-    the others go on, and the exit status is 1."""
+def classify_images(model, paths, device, save_dir, evidence_dir=None):
+    """One line per image; a file that cannot be read, or its pictures saved, gets an error line, the
+    others go on, and the exit status is 1."""
     failed, saved = 0, set()
     for path in paths:
         try:
@@ -132,6 +149,12 @@ def classify_images(model, paths, device, save_dir):
                                           saved)
                 runs.write(target, photo.png(small))
                 print(f"  saved what the model saw: {target}")
+            if evidence_dir is not None:
+                answer, runner_up, pixels = evidence.evidence(model, x.to(device))
+                target = runs.unused_name(evidence_dir or os.path.dirname(path), os.path.basename(path),
+                                          ".evidence.png", saved)
+                runs.write(target, plots.evidence(x, pixels, answer, runner_up, os.path.basename(path)))
+                print(f"  saved why {answer}, not {runner_up}: {target}")
         except cli.UserError as e:
             failed += 1
             print(f"error: {path}: {e}", file=sys.stderr)

@@ -120,6 +120,47 @@ def mistakes(images, probs, labels, shown=MISTAKES_SHOWN):
     return png(fig)
 
 
+def show_evidence(ax, pixels, scale=None):
+    """An evidence map (evidence.py) on one colour scale centred at zero: red pushed toward the answer,
+    blue toward the runner-up, white moved nothing. Returns the image, for a colour bar."""
+    scale = scale or float(pixels.abs().max()) or 1.0
+    ax.axis("off")
+    return ax.imshow(pixels.cpu().numpy(), cmap="bwr", vmin=-scale, vmax=scale)
+
+
+def evidence(image, pixels, answer, runner_up, name=""):
+    """What the network saw, and its evidence map beside it, with the one-line legend naming both digits."""
+    fig = new_figure(figsize=(5, 2.9))
+    seen, why = fig.subplots(1, 2)
+    seen.imshow(image.reshape(28, 28).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    seen.set_title("what the network saw", fontsize=9)
+    seen.axis("off")
+    fig.colorbar(show_evidence(why, pixels), ax=why, shrink=0.8, ticks=[])
+    why.set_title(f"why {answer}, not {runner_up}", fontsize=9)
+    fig.suptitle(f"{name + ': ' if name else ''}red pushed toward {answer}, blue toward {runner_up}", fontsize=9)
+    return png(fig)
+
+
+def mistakes_evidence(images, maps, true, said, runners_up):
+    """For each confident mistake: the image, and the evidence for what the network said against its
+    runner-up (red toward the wrong answer), titled with the true digit."""
+    cols = 6
+    rows = max(1, (2 * len(maps) + cols - 1) // cols)
+    fig = new_figure(figsize=(cols * 1.4, rows * 1.55 + 0.5))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax in axes:
+        ax.axis("off")
+    for k, (image, pixels) in enumerate(zip(images, maps)):
+        seen, why = axes[2 * k], axes[2 * k + 1]
+        seen.imshow(image.reshape(28, 28).cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
+        seen.set_title(f"true {true[k]}", fontsize=8)
+        show_evidence(why, pixels)
+        why.set_title(f"why {said[k]}, not {runners_up[k]}", fontsize=8)
+    fig.suptitle(f"The {len(maps)} most confident mistakes: red pushed toward the wrong answer, "
+                 "blue toward the runner-up", fontsize=10)
+    return png(fig)
+
+
 def hidden_unit_layout(fc1_weight, fc2_weight):
     """Which hidden unit's tile goes where in the hidden-units picture: (order, digits, scale).
 

@@ -8,6 +8,8 @@ from PIL import Image, ImageDraw
 
 import checkpoint
 import evaluate
+import evidence
+import photo
 import plots
 import train
 from conftest import DEVICES, assert_one_line_error, in_order, main_error, run_script
@@ -26,7 +28,7 @@ def test_reports_the_accuracy_train_printed_and_draws_the_pictures_of_that_pass(
                                                                                monkeypatch):
     out, train_stdout = trained
     drawn = {}
-    for name in ("confusion_matrix", "mistakes", "hidden_units"):  # what each picture is drawn from
+    for name in ("confusion_matrix", "mistakes", "mistakes_evidence", "hidden_units"):  # what each is drawn from
         draw = getattr(plots, name)
         monkeypatch.setattr(plots, name,
                             lambda *args, name=name, draw=draw: drawn.setdefault(name, args) and draw(*args))
@@ -50,7 +52,13 @@ def test_reports_the_accuracy_train_printed_and_draws_the_pictures_of_that_pass(
     fc1, fc2, arch, epoch = drawn["hidden_units"]
     assert torch.equal(fc1, model.fc1.weight) and torch.equal(fc2, model.fc2.weight) and (arch, epoch) == (
         "784-64-10 sigmoid", 2)
-    for name in ("confusion_matrix.png", "mistakes.png", "hidden_units.png"):
+    shown, maps, true, said, runners_up = drawn["mistakes_evidence"]  # the most confident mistakes, explained
+    picked = plots.pick_mistakes(probs, labels, evaluate.EXPLAINED).tolist()
+    assert true == [labels[i].item() for i in picked] and said == [probs[i].argmax().item() for i in picked]
+    for i, image, pixels, answer, runner_up in zip(picked, shown, maps, said, runners_up):
+        assert torch.equal(image, images[i]) and (answer, runner_up, True) == (
+            *evidence.evidence(model, images[i])[:2], torch.allclose(pixels, evidence.evidence(model, images[i])[2]))
+    for name in evaluate.PICTURES:
         assert f"saved {tmp_path / name}" in lines
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and 300 <= image.width <= 2000 and 200 <= image.height <= 2000
@@ -157,6 +165,27 @@ def test_image_command_line(trained, tmp_path):
     (tmp_path / "taken").write_text("a file where the folder would go")
     proc = run_script("evaluate.py", out / "model.pt", "--image", paths[0], "--save-input", tmp_path / "taken")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_evidence_for_an_image_is_the_evidence_of_what_the_model_saw(trained, tmp_path, monkeypatch):
+    out, _ = trained
+    seven = Image.new("L", (240, 320), 235)
+    ImageDraw.Draw(seven).line([(60, 70), (180, 70), (100, 260)], fill=30, width=18)
+    seven.save(tmp_path / "d.png")
+    drawn, draw = [], plots.evidence
+    monkeypatch.setattr(plots, "evidence", lambda *args: drawn.append(args) or draw(*args))
+    proc = run_script("evaluate.py", out / "model.pt", "--image", tmp_path / "d.png", tmp_path / "d.png",
+                      "--evidence", tmp_path / "why")
+    assert proc.returncode == 0, proc.stderr
+    (x, pixels, answer, runner_up, name), _ = drawn
+    model = checkpoint.model_from(checkpoint.load(str(out / "model.pt")), "model.pt")
+    assert torch.equal(x, photo.read_digit(str(tmp_path / "d.png"))[1]) and name == "d.png"
+    expected = evidence.evidence(model, x)
+    assert (answer, runner_up) == expected[:2] and torch.allclose(pixels, expected[2])
+    assert f"  saved why {answer}, not {runner_up}: {tmp_path / 'why' / 'd.evidence.png'}" in proc.stdout
+    assert sorted(os.listdir(tmp_path / "why")) == ["d-2.evidence.png", "d.evidence.png"]
+    assert plots.drawn_here(tmp_path / "why" / "d.evidence.png")
+    assert "--evidence goes with --image" in main_error(evaluate, out / "model.pt", "--evidence")
 
 
 def test_save_input_never_replaces_a_file_and_a_failed_save_does_not_stop_the_rest(trained, tmp_path, disk):

@@ -274,4 +274,4 @@ def test_the_commands_run_end_to_end(fake_mnist, tmp_path):
     proc = run_process("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu")
     assert proc.returncode == 0 and "test accuracy: " in proc.stdout and proc.stderr == "", proc.stderr
     assert sorted(os.listdir(out)) == [".lock", "confusion_matrix.png", "hidden_units.png", "history.json",
-                                       "mistakes.png", "model.pt", "training_curves.png"]
+                                       "mistakes.png", "mistakes_evidence.png", "model.pt", "training_curves.png"]
