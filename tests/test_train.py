@@ -183,6 +183,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     assert os.listdir(tmp_path / "runs") == []  # no empty run folder left for compare.py to skip
 
 
+@pytest.mark.parametrize("step, value", [("train_one_epoch", float("inf")), ("evaluate", float("nan"))])
+def test_a_non_finite_training_or_test_loss_alone_stops_the_run(fake_mnist, tmp_path, monkeypatch, step, value):
+    real = getattr(train, step)
+    monkeypatch.setattr(train, step, lambda *args: (value, *real(*args)[1:]))  # the other loss stays finite
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 2, "--device", "cpu", cwd=tmp_path)
+    assert_one_line_error(proc, "in epoch 1; stopped, nothing was saved")
+    assert os.listdir(tmp_path / "runs") == []
+
+
 def test_ctrl_c_during_a_save_or_the_curves_says_what_is_saved(fake_mnist, tmp_path, monkeypatch):
     write = runs.write
 
