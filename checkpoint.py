@@ -9,7 +9,6 @@ then torch.load(weights_only=True) reads it, and problem() checks every key, typ
 against the one description below (DESCRIPTION) before anything else uses it.
 """
 import io
-import math
 import os
 import pickletools
 import re

@@ -1,8 +1,9 @@
 """What makes the scripts behave as commands: one-line errors, flag ranges, device choice, signals.
 
-A script imports this first and ends with `cli.run(main)`. Then a mistake the user can fix is
-one line on stderr and a non-zero exit, never a traceback; Ctrl-C, SIGTERM and SIGHUP end it
-the same way, also while torch is still loading; a closed pipe (`| head`) ends it quietly.
+A script ends with `cli.run(main)`. Then a mistake the user can fix is one line on stderr and a
+non-zero exit, never a traceback; Ctrl-C, SIGTERM and SIGHUP end it the same way, a second Ctrl-C
+too; a closed pipe (`| head`) ends it quietly. Importing this module changes nothing: run()
+installs its signal handlers and puts them back when main() is done.
 """
 import argparse
 import contextlib
@@ -159,37 +160,28 @@ def run(main):
     for s in STOP_SIGNALS[1:]:  # Ctrl-C (SIGINT) raises KeyboardInterrupt already
         signal.signal(s, _stop)
     try:
-        main()
-        sys.stdout.flush()  # here, not at exit: a closed pipe must be caught below
-    except UserError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt as e:
-        for s in STOP_SIGNALS:  # ignored from here to the exit: a second Ctrl-C must not cut this short
-            previous[s] = signal.SIG_IGN
-            signal.signal(s, signal.SIG_IGN)
-        signum = getattr(e, "signum", signal.SIGINT)
-        said = str(e)  # what was kept, and how to go on
-        print(f"\ninterrupted ({signal.Signals(signum).name}){': ' + said if said else ''}", file=sys.stderr)
-        sys.exit(128 + signum)
-    except BrokenPipeError:
-        _quiet_stdout()
-        sys.exit(1)
+        try:
+            main()
+            sys.stdout.flush()  # here, not at exit: a closed pipe must be caught below
+        except UserError as e:
+            sys.exit(f"error: {e}")
+        except KeyboardInterrupt as e:
+            _stopped(e, str(e), previous)  # str(e): what was kept, and how to go on
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(1)
+    except KeyboardInterrupt as e:  # a second Ctrl-C, come while the first was being handled
+        _stopped(e, "", previous)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _last_resort(kind, value, traceback):
-    """Ctrl-C before main() runs (torch takes a second or two to load): one line, not a traceback.
-    Installed when a script imports this module, which is why each script imports it first."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("\ninterrupted", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(130)
-    if issubclass(kind, BrokenPipeError):
-        _quiet_stdout()
-        os._exit(1)
-    sys.__excepthook__(kind, value, traceback)
-
-
-sys.excepthook = _last_resort
+def _stopped(stop, said, previous):
+    """The line that says which signal stopped the script, and its exit status."""
+    for s in STOP_SIGNALS:  # ignored from here to the exit: another Ctrl-C must not cut this short
+        previous[s] = signal.SIG_IGN
+        signal.signal(s, signal.SIG_IGN)
+    signum = getattr(stop, "signum", signal.SIGINT)
+    print(f"\ninterrupted ({signal.Signals(signum).name}){': ' + said if said else ''}", file=sys.stderr)
+    sys.exit(128 + signum)

@@ -7,12 +7,11 @@ Prints one row per run (the settings that differ between the runs, epochs, final
 accuracy, training seconds) and draws runs/compare.png: test accuracy and loss per epoch.
 A folder that is not a run, or holds a damaged checkpoint, is skipped with one line.
 """
-import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
-
 import os
 import sys
 
 import checkpoint
+import cli
 import plots
 import runs
 from train import RUNS_DIR

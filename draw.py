@@ -13,8 +13,6 @@ Whatever clients send, memory and threads stay bounded: a request must arrive wh
 seconds however slowly it trickles in, its request line and headers within MAX_HEAD bytes, its body
 within MAX_BODY; at most MAX_CONNECTIONS connections are served at once, the next get a 503 at once.
 """
-import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
-
 import base64
 import concurrent.futures
 import io
@@ -29,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 import checkpoint
+import cli
 import photo
 import runs
 from train import DEVICE, RUNS_DIR, THREADS

@@ -9,14 +9,13 @@ and the confusion matrix; draws confusion_matrix.png, mistakes.png, mistakes_evi
 pixels pushed the network to each confident mistake) and hidden_units.png (what each hidden unit's
 input weights look like) beside the checkpoint.
 """
-import cli  # first, before torch (seconds to import): Ctrl-C during that import ends in one line
-
 import os
 import sys
 
 import torch
 
 import checkpoint
+import cli
 import data
 import evidence
 import photo

@@ -128,8 +128,9 @@ def save(folder, ckpt):
     checkpoint that is not one train.py could load again (a loss gone to NaN, say) is refused instead."""
     last = ckpt["history"][-1]
     if not (math.isfinite(last["train_loss"]) and math.isfinite(last["test_loss"])) or checkpoint.problem(ckpt):
-        loss = last["train_loss"] if not math.isfinite(last["train_loss"]) else last["test_loss"]
-        raise UserError(f"the training loss became {loss:g} in epoch {ckpt['epoch']}; stopped, {kept(folder)}. "
+        which = "training" if not math.isfinite(last["train_loss"]) or last["train_loss"] > 1e30 else "test"
+        loss = last["train_loss" if which == "training" else "test_loss"]
+        raise UserError(f"the {which} loss became {loss:g} in epoch {ckpt['epoch']}; stopped, {kept(folder)}. "
                         "Lower the learning rate (--lr)")
     data = checkpoint.dumps(ckpt)
     history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"

@@ -9,10 +9,13 @@ import importlib
 import io
 import json
 import os
+import queue
 import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 
 import pytest
@@ -167,18 +170,110 @@ def run_process(script, *args, cwd=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _default_stop_signals():
+    """In a child, before it runs: Ctrl-C, SIGTERM and SIGHUP as a terminal would deliver them, even
+    where this pytest was started with them ignored (nohup, trap '' INT), which a child inherits."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def start_process(script, *args, cwd=None):
     """`python <script> <args>` started, its stdout and stderr piped: for signals and locks."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_stop_signals)
+
+
+class Child:
+    """A script in a process of its own whose output is read as it comes, never without a deadline:
+    a line that never comes fails the test in seconds (and ends the child), it does not hang it.
+    One still running when its test ends is killed."""
+    running = []
+
+    def __init__(self, script, *args, cwd=None):
+        self.proc = start_process(script, *args, cwd=cwd)
+        Child.running.append(self)
+        self.lines, self.stderr = queue.Queue(), []
+        self.readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, keep):
+        for line in stream:
+            keep(line)
+        keep(None)  # the end of the stream
+
+    def line(self, prefix, timeout=60):
+        """The next line of stdout that starts with prefix."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                pytest.fail(f"no line starting {prefix!r} within {timeout} s; stderr: {self.stderr_text()[-2000:]}")
+            if line is None:
+                self.proc.wait(timeout)
+                pytest.fail(f"the process ended (status {self.proc.returncode}) before a line starting {prefix!r}; "
+                            f"stderr: {self.stderr_text()[-2000:]}")
+            if line.startswith(prefix):
+                return line
+
+    def send(self, sig):
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout=60):
+        """(exit status, all of stderr) once the process has ended; killed if it has not within timeout."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"still running after {timeout} s; stderr: {self.stderr_text()[-2000:]}")
+        for reader in self.readers:
+            reader.join(timeout)
+        return self.proc.returncode, self.stderr_text()
+
+    def stderr_text(self):
+        return "".join(line for line in self.stderr if line)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# 300 epochs of the small data set: seconds (30 ms an epoch on two busy cores). Long enough that a
+# signal sent on reading epoch 1 or 2 (well under a millisecond later) cannot come too late, short
+# enough that a child which never gets its signal, or ignores it, ends by itself soon.
+STOPPABLE_EPOCHS = 300
+
+
+@pytest.fixture()
+def stoppable_train(fake_mnist):
+    """stoppable_train(out, epochs_done, *flags) -> a Child running train.py on the small data set,
+    once it has printed the line of each epoch up to epochs_done (each checked as it comes)."""
+    def start(out, epochs_done, *flags):
+        child = Child("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", STOPPABLE_EPOCHS,
+                      "--device", "cpu", *flags)
+        width = len(str(STOPPABLE_EPOCHS))
+        for epoch in range(1, epochs_done + 1):
+            line = child.line("epoch")
+            assert line.startswith(f"epoch {epoch:{width}d}/{STOPPABLE_EPOCHS}  train loss "), line
+        return child
+    return start
 
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """What an in-process run changes for the whole process is put back after each test."""
+    """What an in-process run changes for the whole process is put back after each test, and no
+    process a test started outlives it."""
     threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM,
                                                                                    signal.SIGHUP)}
     yield
+    while Child.running:
+        Child.running.pop().kill()
     torch.set_num_threads(threads)
     for s, handler in handlers.items():
         signal.signal(s, handler)

@@ -1,6 +1,5 @@
 """checkpoint.py: what a checkpoint holds, and every kind of file that must be refused before or
 after unpickling (crafted ones built here, never committed), through the real command lines."""
-import contextlib
 import functools
 import io
 import os
@@ -13,7 +12,6 @@ from torch import nn
 
 import checkpoint
 import cli
-import compare
 import evaluate
 import model
 import train
@@ -369,3 +367,29 @@ def test_damage_and_outsized_or_odd_contents_are_refused_quickly(good, fake_mnis
                          (dict(ckpt, config=dict(ckpt["config"], loader="fast\n")), "config loader not one of")):
         line = main_error(evaluate, saved(tmp_path, "bad.pt", bad), "--data-dir", fake_mnist)
         assert message in line and "\x1b" not in line, line
+
+
+def test_what_only_weights_only_loading_refuses_is_refused(good, fake_mnist, tmp_path):
+    path, _ = good
+    with zipfile.ZipFile(path) as z:
+        pickle_bytes = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    # NONE BUILD before STOP: "set the state None on the dict". Plain unpickling does nothing with it;
+    # torch.load(weights_only=True) refuses it. The pre-check looks at globals, and lets it through:
+    # it stands for all the pre-check does not see, which only weights_only=True keeps out.
+    pickle_bytes = pickle_bytes[:-1] + pickle.NONE + pickle.BUILD + pickle.STOP
+    assert checkpoint.unsafe_global(pickle_bytes) is None
+    built = with_pickle(path, pickle_bytes, tmp_path / "built.pt")
+    assert set(torch.load(built, weights_only=False)) == set(torch.load(path, weights_only=True))
+    line = main_error(evaluate, built, "--data-dir", fake_mnist, "--no-plots")
+    assert "not a readable checkpoint, damaged or truncated (UnpicklingError)" in line, line
+
+
+def test_compressed_entries_are_refused_however_small(good, fake_mnist, tmp_path):
+    path, _ = good
+    deflated = tmp_path / "deflated.pt"  # torch.save stores its entries; this one deflates them
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert os.path.getsize(deflated) < os.path.getsize(path) < checkpoint.MAX_BYTES
+    line = main_error(evaluate, deflated, "--data-dir", fake_mnist, "--no-plots")
+    assert "refused, its archive holds entries that torch.save does not write" in line, line

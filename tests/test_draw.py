@@ -12,8 +12,6 @@ import select
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,7 +24,7 @@ import data
 import draw
 import evaluate
 import photo
-from conftest import ROOT, huge_png, main_error
+from conftest import ROOT, Child, huge_png, main_error
 
 
 @pytest.fixture(scope="module")
@@ -217,16 +215,15 @@ def test_50_concurrent_requests_are_all_answered(server):
 @pytest.mark.slow  # a process of its own
 def test_the_command_prints_the_address_and_stops_on_ctrl_c(trained):
     out, _ = trained
-    proc = subprocess.Popen([sys.executable, "draw.py", str(out / "model.pt"), "--port", "0"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith(f"model {out / 'model.pt'}: 784-64-10 sigmoid")
-    line = proc.stdout.readline()
+    proc = Child("draw.py", out / "model.pt", "--port", "0")
+    assert proc.line("").startswith(f"model {out / 'model.pt'}: 784-64-10 sigmoid")
+    line = proc.line("")
     assert line.startswith("open http://127.0.0.1:") and line.endswith("/ in a browser (Ctrl-C stops)\n")
     port = int(line.split(":")[2].split("/")[0])
     assert request(port, "GET", "/")[0] == 200
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and stderr.strip() == "interrupted (SIGINT): the server stopped"
+    proc.send(signal.SIGINT)
+    returncode, stderr = proc.finish(timeout=30)
+    assert returncode == 130 and stderr.strip() == "interrupted (SIGINT): the server stopped"
 
 
 def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, server, monkeypatch, capsys):

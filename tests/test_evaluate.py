@@ -141,6 +141,16 @@ def test_pictures_of_the_users_own_are_never_drawn_over(trained, fake_mnist, tmp
         (tmp_path / name).unlink()
 
 
+def test_without_data_dir_the_run_is_evaluated_on_its_own_data(trained, evaluated, tmp_path):
+    out, _ = trained
+    # from another folder, whose data/ does not exist: the run's saved data dir is the one read
+    proc = run_script("evaluate.py", out / "model.pt", "--no-plots", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = lambda stdout: [line for line in stdout.splitlines()[1:] if not line.startswith("saved ")]  # noqa: E731
+    assert report(proc.stdout) == report(evaluated[1]) and "/200)" in proc.stdout
+    assert os.listdir(tmp_path) == []
+
+
 def test_image_command_line(trained, tmp_path):
     out, _ = trained
     seven = Image.new("RGB", (240, 320), (235, 232, 220))

@@ -10,7 +10,7 @@ import torch
 import cli
 import runs
 import train
-from conftest import assert_one_line_error, main_error, run_script, start_process
+from conftest import assert_one_line_error, main_error, run_script
 
 
 def test_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -79,19 +79,16 @@ def test_an_occupied_out_is_refused_without_resume(trained, fake_mnist):
 
 
 @pytest.mark.slow  # a process of its own
-def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(fake_mnist, tmp_path):
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(fake_mnist, tmp_path, stoppable_train):
     out = tmp_path / "run"
-    first = start_process("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", "10000", "--no-plots",
-                          "--device", "cpu")
-    try:
-        for line in first.stdout:
-            if line.startswith("epoch"):
-                break
-        proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--resume", "--epochs", 10000)
-        assert_one_line_error(proc, f"another train.py is writing into {out}")
-    finally:
-        first.send_signal(signal.SIGINT)
-        first.communicate(timeout=60)
+    first = stoppable_train(out, 1, "--no-plots")
+    first.send(signal.SIGSTOP)  # paused, holding its lock: it cannot end before the second run tries
+    saved = torch.load(out / "model.pt", weights_only=True)["epoch"]  # one epoch more: quick even if not refused
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--resume", "--epochs", saved + 1)
+    assert_one_line_error(proc, f"another train.py is writing into {out}")
+    first.send(signal.SIGINT)  # taken when it goes on
+    first.send(signal.SIGCONT)
+    assert first.finish()[0] == 130
     # the lock went with the process: the folder is free again
     saved = torch.load(out / "model.pt", weights_only=True)["epoch"]
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--resume", "--epochs", saved + 1)
@@ -144,7 +141,7 @@ def test_evaluate_beside_a_read_only_checkpoint_says_how_to_go_on(trained, fake_
     assert_one_line_error(proc, f"cannot write into {folder}", "pass --no-plots, or --plots-dir DIR")
     assert "test accuracy" not in proc.stdout  # refused before the work, not after
     proc = run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--plots-dir", tmp_path / "pics")
-    pictures = ["confusion_matrix.png", "hidden_units.png", "mistakes.png"]
+    pictures = ["confusion_matrix.png", "hidden_units.png", "mistakes.png", "mistakes_evidence.png"]
     assert proc.returncode == 0 and sorted(os.listdir(tmp_path / "pics")) == pictures
     assert run_script("evaluate.py", folder / "model.pt", "--data-dir", fake_mnist, "--no-plots").returncode == 0
     proc = run_script("train.py", "--resume", folder / "model.pt", "--data-dir", fake_mnist, "--epochs", 3)

@@ -14,7 +14,7 @@ import plots
 import runs
 import train
 from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, assert_same_run, in_order, main_error, run_process,
-                      run_script, start_process, train_run)
+                      run_script, train_run)
 from model import Net
 
 
@@ -115,16 +115,14 @@ def test_edited_constants_are_the_defaults(fake_mnist, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a process of its own
-def test_stopped_with_ctrl_c_and_resumed_with_the_printed_command_ends_bit_identical(fake_mnist, tmp_path):
+def test_stopped_with_ctrl_c_and_resumed_with_the_printed_command_ends_bit_identical(fake_mnist, tmp_path,
+                                                                                    stoppable_train):
     flags = ["--data-dir", fake_mnist, "--lr", "0.05", "--batch-size", "32", "--device", "cpu", "--no-plots"]
     out = tmp_path / "parts"
-    proc = start_process("train.py", "--out", out, "--epochs", "10000", *flags)
-    for line in proc.stdout:
-        if line.startswith("epoch     2/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    proc = stoppable_train(out, 2, *flags[2:])
+    proc.send(signal.SIGINT)
+    returncode, stderr = proc.finish()
+    assert returncode == 130 and "Traceback" not in stderr, stderr
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("interrupted (SIGINT): epoch ") and " is saved in " in line, line
     saved = int(line.split("): epoch ")[1].split("/")[0])
@@ -152,15 +150,12 @@ def test_resume_keeps_the_runs_settings_and_says_what_a_flag_changes(fake_mnist,
 
 @pytest.mark.slow  # a process of its own
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_stop_like_ctrl_c(fake_mnist, tmp_path, sig):
+def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, sig, stoppable_train):
     out = tmp_path / "run"
-    proc = start_process("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", "10000", "--device", "cpu")
-    for line in proc.stdout:
-        if line.startswith("epoch     2/"):
-            break
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr
+    proc = stoppable_train(out, 2)
+    proc.send(sig)
+    returncode, stderr = proc.finish()
+    assert returncode == 128 + sig and "Traceback" not in stderr, stderr
     line = stderr.strip().splitlines()[-1]
     assert line.startswith(f"interrupted ({sig.name}): epoch ") and "continue with: python train.py --resume" in line
     saved = int(line.split("): epoch ")[1].split("/")[0])
@@ -187,6 +182,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
                       cwd=tmp_path)
     assert_one_line_error(proc, "in epoch 1; stopped, nothing was saved")
     assert os.listdir(tmp_path / "runs") == []  # no empty run folder left for compare.py to skip
+
+
+@pytest.mark.parametrize("step, value, said", [("train_one_epoch", float("inf"), "the training loss became inf"),
+                                               ("evaluate", float("nan"), "the test loss became nan")])
+def test_a_non_finite_training_or_test_loss_alone_stops_the_run(fake_mnist, tmp_path, monkeypatch, step, value, said):
+    real = getattr(train, step)
+    monkeypatch.setattr(train, step, lambda *args: (value, *real(*args)[1:]))  # the other loss stays finite
+    proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 2, "--device", "cpu", cwd=tmp_path)
+    assert_one_line_error(proc, f"{said} in epoch 1; stopped, nothing was saved")
+    assert os.listdir(tmp_path / "runs") == []
 
 
 def test_ctrl_c_during_a_save_or_the_curves_says_what_is_saved(fake_mnist, tmp_path, monkeypatch):
