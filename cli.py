@@ -159,12 +159,18 @@ def run(main):
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in STOP_SIGNALS[1:]:  # Ctrl-C (SIGINT) raises KeyboardInterrupt already
         signal.signal(s, _stop)
+    # A terminal that cannot show a character (PYTHONIOENCODING=ascii, a folder named in Greek) gets it
+    # written out as \u03b1, rather than an encoding error in the middle of a run
+    streams = {s: s.errors for s in (sys.stdout, sys.stderr) if hasattr(s, "reconfigure")}
+    for stream in streams:
+        stream.reconfigure(errors="backslashreplace")
     try:
         try:
             main()
             sys.stdout.flush()  # here, not at exit: a closed pipe must be caught below
         except UserError as e:
-            sys.exit(f"error: {e}")
+            encoding = getattr(sys.stderr, "encoding", None) or "utf-8"  # the exit message, written after this
+            sys.exit(f"error: {e}".encode(encoding, "backslashreplace").decode(encoding))
         except KeyboardInterrupt as e:
             _stopped(e, str(e), previous)  # str(e): what was kept, and how to go on
         except BrokenPipeError:
@@ -175,6 +181,8 @@ def run(main):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for stream, errors in streams.items():
+            stream.reconfigure(errors=errors)
 
 
 def _stopped(stop, said, previous):

@@ -136,3 +136,19 @@ def test_a_second_ctrl_c_is_one_line_too(tmp_path, stoppable_train):
     returncode, stderr = proc.finish()
     assert returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted (SIGINT)")
+
+
+def test_a_terminal_that_cannot_show_a_character_gets_it_written_out():
+    """PYTHONIOENCODING=ascii and a folder named in Greek: no UnicodeEncodeError, in output or the error."""
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="ascii") for _ in range(2))
+
+    def main():
+        print("run runs/αβ: ...")
+        raise cli.UserError("runs/αβ already holds a run")
+
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        cli.run(main)
+    out.flush()
+    assert out.buffer.getvalue() == b"run runs/\\u03b1\\u03b2: ...\n"
+    assert e.value.code == "error: runs/\\u03b1\\u03b2 already holds a run"
+    assert out.errors == err.errors == "strict"  # put back as it was
