@@ -80,13 +80,6 @@ def learning_rate(text):
     return value
 
 
-def explicit_flags(parser, argv):
-    """The dests of the flags written on the command line, as opposed to left at their defaults."""
-    parser = argparse.ArgumentParser(add_help=False, parents=[parser])
-    parser.set_defaults(**{a.dest: None for a in parser._actions})
-    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-
-
 def device(name):
     """torch.device for a --device value; 'auto' takes the accelerator (CUDA, MPS, ...) if any."""
     import torch

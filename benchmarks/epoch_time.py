@@ -8,7 +8,8 @@ On CUDA also the epoch train.py runs there: each step replayed as a CUDA graph (
 Everything runs in this one process, interleaved round by round, from the same initial weights:
 in each round, each condition (idle: the machine as it is; busy: one spinning process per spare
 core, started and stopped by this script) times every thread count. The floor is train.py's own
-train_one_epoch over batches sliced beforehand. On CUDA, "graph" is cuda_graph.GraphedEpoch over the
+train_one_epoch over batches sliced beforehand. On CUDA, "graph" is train_one_epoch with
+train.train_step replayed by cuda_graph.GraphedStep over the
 fast loader and "graph floor" over the sliced batches: one model, captured once before the rounds
 (that first epoch is timed apart) and reset to the initial weights in place before each epoch, so the
 graph replays throughout. It prints each one's fastest and median epoch, checks the targets of the
@@ -52,20 +53,21 @@ def time_epoch(batches, init_state, device):
 
 
 class GraphEpochs:
-    """Timed epochs of cuda_graph.GraphedEpoch on one model: its graph, captured in the first epoch,
-    replays in every later one, since the weights are reset in place (the same tensors) before each."""
+    """Timed epochs of train.train_step replayed as a CUDA graph (cuda_graph.GraphedStep) on one model: its
+    graph, captured in the first epoch, replays in every later one, since the weights are reset in place
+    (the same tensors) before each."""
 
     def __init__(self, init_state, device):
         self.init_state, self.device = init_state, device
         self.model = Net().to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=train.LEARNING_RATE)
-        self.graphed = cuda_graph.GraphedEpoch(device)
+        self.graphed = cuda_graph.GraphedStep(train.train_step, device)
 
     def time(self, batches):
         self.model.load_state_dict(self.init_state)  # copied into the tensors the graph updates
         torch.cuda.synchronize(self.device)
         start = time.perf_counter()
-        self.graphed(self.model, batches, self.optimizer, self.device)  # ends in .item(): synchronised
+        train.train_one_epoch(self.model, batches, self.optimizer, self.device, self.graphed)  # ends synchronised
         return time.perf_counter() - start
 
 

@@ -28,14 +28,6 @@ def test_int_in_and_learning_rate_accept_their_range_only():
             cli.learning_rate(text)
 
 
-def test_explicit_flags_are_told_apart_from_defaults():
-    p = cli.ArgumentParser()
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=64)
-    assert cli.explicit_flags(p, ["--lr", "0.01"]) == {"lr"}  # written, even if equal to the default
-    assert cli.explicit_flags(p, []) == set()
-
-
 def test_parser_errors_are_one_line(capsys):
     p = cli.ArgumentParser(prog="train.py")
     p.add_argument("--epochs", type=cli.int_in(1, 5), default=3, help="epochs")
