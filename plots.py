@@ -13,7 +13,9 @@ LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover t
 MAX_TILES = 512  # hidden units drawn at most: a 784-20000-10 network would take minutes and 50 MB
 TILES_PER_ROW = 16  # hidden-unit tiles a row at least: a digit with more units goes on over more rows
 TILE_PIXELS = 2.5  # picture pixels per weight of a hidden-unit tile: a 70-pixel tile shows its strokes
-FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "pdf", "svg", "eps")  # what png(fig, format) writes
+# What png(fig, format) writes. Not eps: matplotlib's PostScript backend prints a line about
+# transparency (the grid's) on every figure.
+FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "pdf", "svg")
 # matplotlib places ticks and margins by arithmetic on the axis limits (their span, 5% margins, a tick
 # step rounded up to 1, 2, 5 or 10 times a power of ten) that overflows to inf near float's largest
 # value: a loss of 1e308 ends in "arange: cannot compute length". Drawn at this bound, any value
