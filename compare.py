@@ -23,8 +23,7 @@ SETTINGS = ("arch", "lr", "batch_size", "seed", "loader")  # what a label may na
 # A history records each epoch's training pass only (train.py's `seconds`): the test pass, start-up
 # and saving run outside that clock, so the sum is less than the run took, and says so.
 TABLE_NOTE = ("acc @ N: the test accuracy after epoch N\n"
-              "train s: the epochs' training passes, summed; test passes, start-up and saving are not in it "
-              "(no wall time is recorded)")
+              "train s: the epochs' training passes summed, without tests, start-up or saving (not the wall time)")
 
 
 def read_runs(folders):

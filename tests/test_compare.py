@@ -77,7 +77,7 @@ def test_table_names_the_epoch_of_each_accuracy_and_what_its_seconds_are():
         "runs/a          0.1   92.50% @ 4     92.50% @ 2     1.2",
         "runs/long-name  0.01  80.00% @ 1     80.00% @ 1     0.3",
         *compare.TABLE_NOTE.splitlines()]
-    assert compare.TABLE_NOTE.splitlines()[1].startswith("train s: the epochs' training passes, summed; test passes")
+    assert compare.TABLE_NOTE.splitlines()[1].startswith("train s: the epochs' training passes summed, without tests")
 
 
 def test_labels_say_what_differs_and_fall_back_to_the_folder():
