@@ -3,10 +3,12 @@
     python compare.py                          # every run in runs/
     python compare.py runs/lr0.01-bs64 runs/lr0.1-bs64
 
-Prints one row per run (the settings that differ between the runs, epochs, final and best test
-accuracy, training seconds) and draws runs/compare.png: test accuracy and loss per epoch.
+Prints one row per run (the settings that differ between the runs, the last and the best test
+accuracy with the epoch of each, the seconds of its training passes summed) and draws
+runs/compare.png: test accuracy and loss per epoch. --out x.svg (or .jpg, .pdf, ...) draws that format.
 A folder that is not a run, or holds a damaged checkpoint, is skipped with one line.
 """
+import argparse
 import os
 import sys
 
@@ -17,6 +19,10 @@ import runs
 from train import RUNS_DIR
 
 SETTINGS = ("arch", "lr", "batch_size", "seed", "loader")  # what a label may name
+# A history records each epoch's training pass only (train.py's `seconds`): the test pass, start-up
+# and saving run outside that clock, so the sum is less than the run took, and says so.
+TABLE_NOTE = ("acc @ N: the test accuracy after epoch N\n"
+              "train s: the epochs' training passes summed, without tests, start-up or saving (not the wall time)")
 
 
 def read_runs(folders):
@@ -52,19 +58,36 @@ def labels(found, differing):
 
 
 def table(found, differing):
-    header = ["run"] + [k.replace("_", " ") for k in differing] + ["epochs", "final acc", "best acc", "train s"]
-    rows = [[folder] + [str(settings[k]) for k in differing]
-            + [str(len(history)), f"{history[-1]['test_acc']:.2f}%", f"{max(h['test_acc'] for h in history):.2f}%",
-               f"{sum(h['seconds'] for h in history):.1f}"] for folder, settings, history in found]
+    """The runs side by side, then a line on what the numbers measure."""
+    header = ["run"] + [k.replace("_", " ") for k in differing] + ["last test acc", "best test acc", "train s"]
+    rows = []
+    for folder, settings, history in found:
+        best = max(history, key=lambda h: h["test_acc"])  # the first epoch that reached it
+        rows.append([folder] + [str(settings[k]) for k in differing]
+                    + [f"{history[-1]['test_acc']:.2f}% @ {history[-1]['epoch']}",
+                       f"{best['test_acc']:.2f}% @ {best['epoch']}", f"{sum(h['seconds'] for h in history):.1f}"])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    return "\n".join(lines + [TABLE_NOTE])
+
+
+def picture_file(text):
+    """An argparse type: a file name whose suffix names a format plots.py writes."""
+    if os.path.splitext(text)[1][1:].lower() not in plots.FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r} does not end in a picture format compare.py writes: "
+                                         f"use .{', .'.join(plots.FORMATS)}")
+    return text
 
 
 def main(argv=None):
     p = cli.ArgumentParser(description="Compare training runs in a table and one picture.")
     p.add_argument("runs", nargs="*", metavar="RUN", help=f"run folders (default: every folder in {RUNS_DIR}/)")
-    p.add_argument("--out", default=os.path.join(RUNS_DIR, "compare.png"), help="where to draw the picture")
+    p.add_argument("--out", type=picture_file, default=os.path.join(RUNS_DIR, "compare.png"),
+                   help="where to draw the picture, in the format its suffix names")
     args = p.parse_args(argv)
+    if os.path.lexists(args.out) and not plots.drawn_here(args.out):  # a file of the user's own: theirs
+        raise cli.UserError(f"{cli.shown(args.out)} is not a picture compare.py drew, so it stays as it is: "
+                            "move it, or pass another --out")
     folders = args.runs
     if not folders and os.path.isdir(RUNS_DIR):
         folders = sorted(os.path.join(RUNS_DIR, name) for name in os.listdir(RUNS_DIR)
@@ -77,8 +100,10 @@ def main(argv=None):
                             "train some with python train.py")
     differing = [k for k in SETTINGS if len({str(s[k]) for _, s, _ in found}) > 1]
     print(table(found, differing))
-    runs.write(args.out, plots.compare(list(zip(labels(found, differing), [h for _, _, h in found]))))
-    print(f"saved {args.out}")
+    picture = plots.compare(list(zip(labels(found, differing), [h for _, _, h in found])),
+                            os.path.splitext(args.out)[1][1:].lower())
+    runs.write(args.out, picture)
+    print(f"saved {cli.shown(args.out)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the most confident mistakes, the hidden units' input weights, and several runs c
 curves are written here too, by save_training_curves). matplotlib without pyplot: no window.
 """
 import io
+import math
 import os
 import warnings
 
@@ -14,7 +15,18 @@ SOFTWARE = "MNIST classifier, plots.py"  # written into every PNG drawn here (dr
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid
 LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover the lines
 MAX_TILES = 512  # hidden units drawn at most: a 784-20000-10 network would take minutes and 50 MB
-TILES_PER_ROW = 16  # hidden-unit tiles: a digit with more units than this goes on over more rows
+TILES_PER_ROW = 16  # hidden-unit tiles a row at least: a digit with more units goes on over more rows
+TILE_PIXELS = 2.5  # picture pixels per weight of a hidden-unit tile: a 70-pixel tile shows its strokes
+# What png(fig, format) writes. Not eps: matplotlib's PostScript backend prints a line about
+# transparency (the grid's) on every figure.
+FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "pdf", "svg")
+# matplotlib places ticks and margins by arithmetic on the axis limits (their span, 5% margins, a tick
+# step rounded up to 1, 2, 5 or 10 times a power of ten) that overflows to inf near float's largest
+# value: a loss of 1e308 ends in "arange: cannot compute length". Drawn at this bound, any value
+# keeps that arithmetic finite, with room to spare, and still reads as off the scale of a loss.
+PLOTTABLE = 1e300
+CLIPPED = f", clipped to ±{PLOTTABLE:g}"
+DASHES = ("--", ":", "-.")  # a second and third run on the same line differ from each other too
 
 
 def new_figure(**kwargs):
@@ -23,11 +35,12 @@ def new_figure(**kwargs):
     return Figure(layout="constrained", **kwargs)
 
 
-def png(fig):
+def png(fig, format="png"):
+    """The figure as PNG bytes, or in another of FORMATS."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # a glyph the font lacks (a run named in CJK) is drawn as a box, silently
         warnings.simplefilter("ignore")
-        fig.savefig(buffer, format="png", dpi=100, metadata={"Software": SOFTWARE})
+        fig.savefig(buffer, format=format, dpi=100, metadata={"Software": SOFTWARE} if format == "png" else None)
     return buffer.getvalue()
 
 
@@ -39,6 +52,19 @@ def drawn_here(path):
             return f"tEXtSoftware\0{SOFTWARE}".encode() in f.read(4096)
     except OSError:
         return False
+
+
+def clip(value):
+    """value, or the bound ±PLOTTABLE it lies beyond."""
+    return min(max(value, -PLOTTABLE), PLOTTABLE)
+
+
+def plot(ax, epochs, values, *args, **kwargs):
+    """ax.plot of one value per epoch, a huge one drawn at ±PLOTTABLE; the y label, set before, says so."""
+    shown = [clip(v) for v in values]
+    if shown != list(values) and not ax.get_ylabel().endswith(CLIPPED):
+        ax.set_ylabel(ax.get_ylabel() + CLIPPED)
+    return ax.plot(epochs, shown, *args, **kwargs)
 
 
 def schedule(history, key):
@@ -57,11 +83,11 @@ def training_curves(history, arch, seed):
     fig = new_figure(figsize=(10, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, key, label in ((loss_ax, "loss", "cross-entropy loss"), (acc_ax, "acc", "accuracy (%)")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
-        ax.plot(epochs, [h[f"test_{key}"] for h in history], "o-", ms=3, label="test")
+        ax.set_ylabel(label)
+        plot(ax, epochs, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
+        plot(ax, epochs, [h[f"test_{key}"] for h in history], "o-", ms=3, label="test")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{arch} MLP, SGD lr {schedule(history, 'lr')}, batch {schedule(history, 'batch_size')}, "
@@ -177,9 +203,24 @@ def hidden_unit_layout(fc1_weight, fc2_weight):
     return order, [digit[u].item() for u in order], [scale[u].item() for u in order]
 
 
+def tile_grid(digits, cols):
+    """Where each hidden unit's tile goes: ([(row, column)] tile by tile, [the digit of each row]).
+
+    digits: each tile's digit, grouped digit by digit as hidden_unit_layout gives them. Each digit
+    starts a row and goes on over as many more as its tiles need, `cols` to a row; a digit no unit
+    pushes keeps one empty row. Every row, a continuation too, has its digit to be labelled with."""
+    places, row_digits = [], []
+    for d in range(10):
+        n = digits.count(d)
+        places += [(len(row_digits) + k // cols, k % cols) for k in range(n)]
+        row_digits += [d] * max(1, -(-n // cols))
+    return places, row_digits
+
+
 def hidden_units(fc1_weight, fc2_weight, arch, epoch):
     """Each hidden unit's 784 input weights as a 28x28 tile, red where ink turns the unit on, blue
-    where ink turns it off; one row of tiles per digit, the digit those units push up the most.
+    where ink turns it off; the tiles of the units that push one digit up the most are a block of
+    rows, each row named with that digit on both sides.
 
     Each tile has its own colour scale, its largest |weight| at full colour. On one scale shared by
     all, the default 30-epoch run's weakest unit reached only 41% of full colour (half the units
@@ -187,38 +228,39 @@ def hidden_units(fc1_weight, fc2_weight, arch, epoch):
     own scales every tile shows its strokes. What a shared scale would show, how strong each unit
     is, matters less here than what it responds to.
 
-    The tiles are drawn as one image, not one axes each: 64 axes took 2.5 s, one image a fraction."""
+    The tiles are drawn as one image, not one axes each: 64 axes took 2.5 s, one image a fraction.
+    The digit is not written on the tiles: at a 7-point size on a 28-pixel tile it covered strokes
+    and could not be read; the row labels name it at a size that can."""
     units = len(fc1_weight)
     fc1_weight, fc2_weight = fc1_weight[:MAX_TILES], fc2_weight[:, :MAX_TILES]  # a picture that stays a picture
     order, digits, scale = hidden_unit_layout(fc1_weight, fc2_weight)
     weights = fc1_weight.detach().cpu().float()
-    per_digit = [digits.count(d) for d in range(10)]
-    cols = max(1, min(TILES_PER_ROW, max(per_digit)))
-    rows = [max(1, -(-n // cols)) for n in per_digit]  # rows per digit, one even when no unit pushes it
-    first_row = [sum(rows[:d]) for d in range(10)]
-    step = 28 + 2  # a tile and the gap after it
-    mosaic = torch.full((sum(rows) * step - 2, cols * step - 2), float("nan"))  # NaN: blank between tiles
-    fig = new_figure(figsize=(max(7.5, cols * 0.75 + 1.7), sum(rows) * 0.72 + 0.6))  # room for the title
+    # wider rows past 256 units: 512 at 16 a row would be 40 rows, a strip too tall to take in
+    widest = max(TILES_PER_ROW, math.ceil(math.sqrt(len(order))))
+    cols = max(1, min(max(digits.count(d) for d in range(10)), widest))
+    places, row_digits = tile_grid(digits, cols)
+    step, group_gap = 28 + 2, 8  # a tile and the gap after it; more space between the digits' blocks
+    tops = [r * step + d * group_gap for r, d in enumerate(row_digits)]
+    mosaic = torch.full((tops[-1] + 28, cols * step - 2), float("nan"))  # NaN: blank between tiles
+    # TILE_PIXELS per weight, at the 100 dpi png() draws at: the size of the image, plus room for
+    # the labels, the colour bar and the title; the layout then fits the image into it unchanged
+    fig = new_figure(figsize=(max(7.5, mosaic.shape[1] * TILE_PIXELS / 100 + 2.6),  # at least the title's width
+                              mosaic.shape[0] * TILE_PIXELS / 100 + 1.0))
     fig.set_layout_engine("compressed")  # no blank margins around an image that keeps its aspect
     ax = fig.subplots()
-    placed = [0] * 10  # tiles placed so far, per digit
-    for unit, d, s in zip(order, digits, scale):
-        top, left = (first_row[d] + placed[d] // cols) * step, (placed[d] % cols) * step
-        placed[d] += 1
-        mosaic[top:top + 28, left:left + 28] = weights[unit].reshape(28, 28) / (s or 1.0)
-        # in_layout=False: the layout need not measure text inside the image (a tenth of a second)
-        ax.text(left + 0.5, top + 0.5, str(d), ha="left", va="top", fontsize=7, in_layout=False)
+    for unit, s, (row, col) in zip(order, scale, places):
+        mosaic[tops[row]:tops[row] + 28, col * step:col * step + 28] = weights[unit].reshape(28, 28) / (s or 1.0)
     for d in range(10):
-        if not per_digit[d]:
-            ax.text(1, first_row[d] * step + 14, "no unit", va="center", fontsize=8, color="gray")
+        if d not in digits:
+            ax.text(1, tops[row_digits.index(d)] + 14, "no unit", va="center", fontsize=9, color="gray")
     im = ax.imshow(mosaic.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_yticks([first_row[d] * step + 13.5 for d in range(10)], [str(d) for d in range(10)])
+    ax.set_yticks([top + 13.5 for top in tops], [str(d) for d in row_digits], fontsize=12)
+    ax.tick_params(axis="y", left=False, labelright=True)  # named on both sides: a long row is read from either end
     ax.set_ylabel("the digit the unit pushes up the most")
     ax.set_xticks([])
-    ax.tick_params(left=False)
     for side in ax.spines.values():
         side.set_visible(False)
-    bar = fig.colorbar(im, ax=ax, shrink=min(0.6, 4 / sum(rows)), aspect=15, ticks=[-1, 0, 1])
+    bar = fig.colorbar(im, ax=ax, shrink=min(0.6, 4 / len(row_digits)), aspect=15, ticks=[-1, 0, 1], pad=0.04)
     bar.ax.set_yticklabels(["−max: off", "0", "+max: on"], fontsize=8)
     bar.set_label("weight ÷ the tile's\nlargest |weight|", fontsize=8)
     shown = f"{len(order)} hidden units" if len(order) == units else f"first {len(order)} of {units} hidden units"
@@ -228,26 +270,52 @@ def hidden_units(fc1_weight, fc2_weight, arch, epoch):
     return png(fig)
 
 
-def compare(runs):
-    """Test accuracy and test loss per epoch, one line per run: runs is [(label, history)]."""
+def covered(a, b, tolerance):
+    """Whether every point of a lies on one of b's: the same epoch, each value within its tolerance.
+    a and b: {epoch: (test accuracy, test loss)}."""
+    return all(e in b and all(abs(x - y) <= t for x, y, t in zip(a[e], b[e], tolerance)) for e in a)
+
+
+def coinciding(points):
+    """For each run, the index of a run whose line hides it, or None. A run that lies on another
+    (two identical runs, or 5 epochs of a run that went on to 30) would be hidden wherever it is
+    drawn under it; of two that lie on each other, the later one is marked."""
+    # a pixel of the picture's ~300-pixel-high axes: closer than that, two lines are one line
+    values = [list(zip(*p.values())) for p in points if p]
+    if not values:
+        return [None] * len(points)
+    tolerance = [(max(max(v[i]) for v in values) - min(min(v[i]) for v in values)) / 300 for i in range(2)]
+    return [next((j for j, b in enumerate(points) if j != i and covered(a, b, tolerance)
+                  and (j < i or not covered(b, a, tolerance))), None) for i, a in enumerate(points)]
+
+
+def compare(runs, format="png"):
+    """Test accuracy and test loss per epoch, one line per run: runs is [(label, history)]. A run
+    whose line another hides is drawn dashed on top of it, and its legend entry says so."""
     from matplotlib import colormaps
 
     fig = new_figure(figsize=(10, 4))
     acc_ax, loss_ax = fig.subplots(1, 2)
-    colours = colormaps["tab10" if len(runs) <= 10 else "tab20" if len(runs) <= 20 else "viridis"]
-    for i, (label, history) in enumerate(runs):
-        epochs = [h["epoch"] for h in history]
-        colour = colours(i if len(runs) <= 20 else i / (len(runs) - 1))
-        label = " " + label if label.startswith("_") else label  # matplotlib leaves '_...' out of legends
-        acc_ax.plot(epochs, [h["test_acc"] for h in history], "o-", ms=2, color=colour, label=label)
-        loss_ax.plot(epochs, [h["test_loss"] for h in history], "o-", ms=2, color=colour, label=label)
     for ax, name in ((acc_ax, "test accuracy (%)"), (loss_ax, "test loss")):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+    colours = colormaps["tab10" if len(runs) <= 10 else "tab20" if len(runs) <= 20 else "viridis"]
+    points = [{h["epoch"]: (clip(h["test_acc"]), clip(h["test_loss"])) for h in history} for _, history in runs]
+    under = coinciding(points)
+    for i, (label, history) in enumerate(runs):
+        epochs = [h["epoch"] for h in history]
+        colour = colours(i if len(runs) <= 20 else i / (len(runs) - 1))
+        label = " " + label if label.startswith("_") else label  # matplotlib leaves '_...' out of legends
+        style = dict(color=colour, marker="o", ms=2, ls="-")
+        if under[i] is not None:  # dashed and hollow, drawn over the line it lies on: both colours show
+            style.update(ms=5, mfc="none", ls=DASHES[under[:i].count(under[i]) % len(DASHES)], zorder=3)
+            label += f" (dashed: coincides with {runs[under[i]][0]})"
+        plot(acc_ax, epochs, [h["test_acc"] for h in history], label=label, **style)
+        plot(loss_ax, epochs, [h["test_loss"] for h in history], label=label, **style)
     if len(runs) <= LEGEND_RUNS:
         acc_ax.legend(fontsize=8)
     fig.suptitle(f"{len(runs)} runs compared" + (" (too many to name: compare.py's table names them)"
                                                 if len(runs) > LEGEND_RUNS else ""))
-    return png(fig)
+    return png(fig, format)
