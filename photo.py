@@ -341,16 +341,36 @@ def paper_mask(x, low, high):
 
 
 def reached_from_edge(mask):
-    """The part of a bool mask connected to the image's edge through the mask (8-neighbours)."""
-    reached = torch.zeros_like(mask)
-    reached[0], reached[-1], reached[:, 0], reached[:, -1] = mask[0], mask[-1], mask[:, 0], mask[:, -1]
-    if not reached.any():  # the usual case: nothing to grow
-        return reached
+    """The part of a bool mask connected to the image's edge through the mask (8-neighbours).
+
+    Union-find for all pixels at once, where growing the edge's part a pixel at a time took a step
+    per pixel along a winding stroke (a serpentine line: a second). Each pixel points to a pixel of
+    its component with a smaller number, or to itself; the edge's pixels are number 0. Each round,
+    for every two neighbours, the end of either's pointers is pointed at the other's end if that
+    is smaller; then pointers are followed to their ends by doubling. A few rounds, each linear."""
+    h, w = mask.shape
+    edge = torch.zeros_like(mask)
+    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+    if not (mask & edge).any():  # the usual case: nothing to find
+        return torch.zeros_like(mask)
+    number = torch.arange(1, h * w + 1).view(h, w)
+    parent = torch.cat([torch.zeros(1, dtype=torch.long), torch.where(mask & edge, 0, number).flatten()])
+    first, second = [], []  # the neighbours' numbers, pair by pair: right, below, below right, below left
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = slice(0, h - dy), slice(max(-dx, 0), w - max(dx, 0))
+        b = slice(dy, h), slice(max(dx, 0), w - max(-dx, 0))
+        both = mask[a] & mask[b]
+        first.append(number[a][both])
+        second.append(number[b][both])
+    first, second = torch.cat(first), torch.cat(second)
     while True:
-        grown = max_filter(reached, 3) & mask
-        if torch.equal(grown, reached):
-            return reached
-        reached = grown
+        ends = parent.index_select(0, first), parent.index_select(0, second)
+        if not (ends[0] != ends[1]).any():
+            return (parent[1:] == 0).view(h, w)
+        parent.scatter_reduce_(0, ends[0], ends[1], "amin")
+        parent.scatter_reduce_(0, ends[1], ends[0], "amin")
+        while ((further := parent.index_select(0, parent)) != parent).any():
+            parent = further
 
 
 def drop_border_clutter(x):
