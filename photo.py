@@ -128,15 +128,19 @@ def quiet():
     Each is a setting of the whole process, so each is changed for the read only and put back after,
     one reader at a time: catch_warnings alone is not thread-safe (readers in several threads at
     once left its filter behind for good)."""
-    logger = logging.getLogger("PIL")
+    Image.init()  # Pillow's formats registered in Image.OPEN, and their modules' loggers made (once)
+    loggers = [logger for name, logger in list(logging.root.manager.loggerDict.items())
+               if name.startswith("PIL.") and isinstance(logger, logging.Logger)]
     with PILLOW, warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"PIL\.")
-        level, handlers = logger.level, libtiff_handlers(None, None)
-        logger.setLevel(logging.CRITICAL)
+        disabled, handlers = [logger.disabled for logger in loggers], libtiff_handlers(None, None)
+        for logger in loggers:
+            logger.disabled = True
         try:
             yield
         finally:
-            logger.setLevel(level)
+            for logger, was in zip(loggers, disabled):
+                logger.disabled = was
             libtiff_handlers(*handlers)
 
 
@@ -194,11 +198,11 @@ def check_cost(image, f, pieces_ns, max_pixels):
 
 def opened(f):
     """(the image in file f as Image.open(f, formats=FORMATS) opens it, what Pillow's walk through
-    its pieces costs). Image.open itself would first check the size against Image.MAX_IMAGE_PIXELS,
-    a limit of the whole process, in its own words; decoded() checks it in ours. Before Pillow parses
-    the file, the pieces it would walk one at a time in Python are counted: a hostile file packs
-    millions of them in a few MB (a JPEG of 900,000 empty markers took 7 s to open)."""
-    Image.init()  # Pillow's formats, each with its opener in Image.OPEN (once, as Image.open does)
+    its pieces costs), within quiet(), which has Pillow's formats registered. Image.open itself
+    would first check the size against Image.MAX_IMAGE_PIXELS, a limit of the whole process, in its
+    own words; decoded() checks it in ours. Before Pillow parses the file, the pieces it would walk
+    one at a time in Python are counted: a hostile file packs millions of them in a few MB (a JPEG
+    of 900,000 empty markers took 7 s to open)."""
     prefix = f.read(16)
     for fmt in FORMATS:
         factory, accept = Image.OPEN.get(fmt, (None, lambda prefix: False))  # (WebP: where Pillow has it)

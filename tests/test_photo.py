@@ -810,8 +810,11 @@ def process_state():
         setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
         handlers.append(setter(None))
         setter(handlers[-1])
+    pillow_loggers = {name: (one.level, one.disabled, list(one.handlers), one.propagate)
+                      for name, one in logging.root.manager.loggerDict.items() if isinstance(one, logging.Logger)
+                      and name.split(".")[0] == "PIL"}
     return (list(warnings.filters), warnings.showwarning, Image.MAX_IMAGE_PIXELS, logger.level,
-            list(logger.handlers), logger.disabled, handlers)
+            list(logger.handlers), logger.disabled, pillow_loggers, handlers)
 
 
 def test_reading_in_many_threads_leaves_the_process_as_it_was():
