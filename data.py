@@ -4,11 +4,11 @@
     train_loader, test_loader = build_loaders("data", batch_size=64, seed=0)
 
 The first run downloads the four MNIST files into <data dir>/MNIST/raw/ (mnist_files.py checks
-them before torchvision reads them).
+them, and its MNIST is torchvision's, made to read only them).
 """
 import torch
 from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torchvision import transforms
 
 import fast_mnist
 import mnist_files
@@ -17,10 +17,10 @@ TEST_BATCH_SIZE = 1000  # evaluation only; fixed so train.py and evaluate.py sum
 LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit, ~12x quicker
 
 
-def load_mnist(data_dir, train, download=True):
+def load_mnist(data_dir, train):
     """torchvision's MNIST with ToTensor: (1, 28, 28) float images in [0, 1] and their labels."""
-    mnist_files.ensure(data_dir, train, download)
-    return datasets.MNIST(data_dir, train=train, transform=transforms.ToTensor())
+    mnist_files.ensure(data_dir, train)
+    return mnist_files.MNIST(data_dir, train=train, transform=transforms.ToTensor())
 
 
 def build_loaders(data_dir, batch_size, seed, loader="fast", device="cpu"):

@@ -29,11 +29,7 @@ class InMemoryMNIST(Dataset):
     def __len__(self):
         return len(self.targets)
 
-    def __getitem__(self, i):  # one image, as datasets.MNIST gives it (the loader takes whole batches)
-        images, labels = self.__getitems__(torch.tensor([i], device=self.images.device))
-        return images[0], int(labels[0])
-
-    def __getitems__(self, indices):
+    def __getitems__(self, indices):  # a whole batch at once: the DataLoader asks for nothing else
         # index_select is several times quicker than images[indices]
         images = self.images.index_select(0, indices)
         if self.divides:

@@ -1,5 +1,6 @@
-"""The four MNIST files on disk: where they belong, the download when one is missing, and the
-checks that make reading them safe (the kind of file, the IDX header, the size, the count).
+"""The four MNIST files on disk: where they belong, the download when one is missing, the
+checks that make reading them safe (the kind of file, the IDX header, the size, the count), and
+torchvision's reader of them, made to read those files and nothing else.
 
 Each problem is a UserError naming the file, with its absolute path, and what to do.
 """
@@ -7,6 +8,8 @@ import math
 import os
 import stat
 import struct
+
+from torchvision import datasets
 
 from cli import UserError
 
@@ -32,7 +35,17 @@ def kind_problem(path):
     return None
 
 
-def ensure(data_dir, train, download):
+class MNIST(datasets.MNIST):
+    """torchvision's datasets.MNIST, always from the raw files that ensure() checked. Where an
+    MNIST/processed/ folder holds training.pt and test.pt (what torchvision before 0.9 made of
+    the raw files), torchvision reads those instead, unchecked, and does not download: a damaged
+    or edited one gave a traceback, or a network trained on wrong data without a word."""
+
+    def _check_legacy_exist(self):
+        return False
+
+
+def ensure(data_dir, train):
     """Raise UserError unless this split's two files are in place and sound; download if missing."""
     raw, split = raw_folder(data_dir), "train" if train else "t10k"
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
@@ -47,10 +60,8 @@ def ensure(data_dir, train, download):
         if missing and all(os.path.isfile(os.path.join(folder, name)) for name in IDX_FILES):
             raise UserError(f"the MNIST files are in {folder}/, but they belong in <data dir>/MNIST/raw/: "
                             f"pass the folder above MNIST/ as --data-dir, or move them into {raw}/")
-    if missing and download:
+    if missing:
         fetch(data_dir, raw, missing)
-    elif missing:
-        raise UserError(f"{', '.join(missing)} missing from {raw}/: pass --data-dir to the folder that has MNIST/raw/")
     counts = [check_idx(os.path.join(raw, f"{split}-{kind}")) for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
     if counts[0] != counts[1]:
         raise UserError(f"{raw}: {split} has {counts[0]:,} images but {counts[1]:,} labels: "
@@ -59,8 +70,6 @@ def ensure(data_dir, train, download):
 
 def fetch(data_dir, raw, missing):
     """torchvision's download of the four files into raw/, or a UserError saying how to do without."""
-    from torchvision import datasets
-
     # The one step that can take a while: say so before torchvision's percentage appears.
     print(f"downloading MNIST into {raw}/ (four files, about 12 MB)", flush=True)
     made, folder = [], raw  # the folders the download will create, innermost first
@@ -68,7 +77,7 @@ def fetch(data_dir, raw, missing):
         made.append(folder)
         folder = os.path.dirname(folder)
     try:
-        datasets.MNIST(data_dir, train=True, download=True)
+        MNIST(data_dir, train=True, download=True)
     except (RuntimeError, OSError) as e:
         for folder in made:  # a mistyped --data-dir leaves no empty folders behind
             if os.path.isdir(folder) and not os.listdir(folder):

@@ -39,6 +39,18 @@ def test_fast_and_classic_loaders_yield_identical_batches(fake_mnist, batch_size
     assert len(fast_train) == len(classic_train) == -(-FAKE_TRAIN // batch_size)
 
 
+@pytest.mark.parametrize("loader", data.LOADERS)
+def test_the_seed_decides_the_training_order(fake_mnist, loader):
+    """The same seed gives the same batches, another seed another order (a shuffle seeded with 0
+    whatever the seed passed every other test)."""
+    orders = {}
+    for run, seed in (("first", 1), ("again", 1), ("other", 2)):
+        train, _ = data.build_loaders(fake_mnist, 64, seed=seed, loader=loader)
+        orders[run] = torch.cat([y for _, y in epoch_batches(train)])
+    assert torch.equal(orders["first"], orders["again"])
+    assert not torch.equal(orders["first"], orders["other"])
+
+
 def test_train_shuffles_each_epoch_test_does_not(fake_mnist):
     train, test = data.build_loaders(fake_mnist, 64, seed=0)
     images = [torch.cat([x.flatten(1) for x, _ in epoch_batches(train)]) for _ in range(2)]

@@ -1,14 +1,18 @@
 """mnist_files.py: every way the four files can be missing, misplaced or damaged gets a line that
-names the file (absolute path) and what to do; through the real command line where it matters."""
+names the file (absolute path) and what to do; through the real command line where it matters.
+What is read is the raw files checked, whatever else the folder holds."""
 import os
 import shutil
 
 import pytest
+import torch
+
+import data
 
 import mnist_files
 import train
 from cli import UserError
-from conftest import assert_one_line_error, main_error, run_script, write_idx
+from conftest import FAKE_TEST, FAKE_TRAIN, assert_one_line_error, fake_digits, main_error, run_script, write_idx
 
 
 @pytest.fixture()
@@ -45,7 +49,7 @@ def test_relative_data_dirs_are_shown_absolute(copy, tmp_path):
 
 def test_files_in_the_wrong_folder_are_pointed_out(fake_mnist):
     with pytest.raises(UserError, match="belong in <data dir>/MNIST/raw/"):
-        mnist_files.ensure(os.path.join(fake_mnist, "MNIST", "raw"), train=True, download=True)
+        mnist_files.ensure(os.path.join(fake_mnist, "MNIST", "raw"), train=True)
 
 
 @pytest.mark.parametrize("make, message", [
@@ -80,7 +84,7 @@ def test_damaged_files_are_refused_by_name(copy, damage, message):
     path = raw / "train-images-idx3-ubyte"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(UserError, match=message) as e:
-        mnist_files.ensure(str(root), train=True, download=False)
+        mnist_files.ensure(str(root), train=True)
     assert str(path) in str(e.value)
 
 
@@ -89,19 +93,17 @@ def test_labels_outside_0_to_9_are_refused(copy):
     path = raw / "t10k-labels-idx1-ubyte"
     path.write_bytes(path.read_bytes()[:-1] + b"\x0c")  # the last label becomes 12
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte holds labels above 9"):
-        mnist_files.ensure(str(root), train=False, download=False)
+        mnist_files.ensure(str(root), train=False)
 
 
 def test_images_and_labels_from_different_sets_are_refused(copy):
     root, raw = copy
     shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
     with pytest.raises(UserError, match="640 images but 200 labels"):
-        mnist_files.ensure(str(root), train=True, download=False)
+        mnist_files.ensure(str(root), train=True)
 
 
 def test_swapped_train_and_test_files_are_caught_by_their_known_counts(tmp_path):
-    import torch
-
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for split, n in (("train", 10_000), ("t10k", 60_000)):  # the real counts, under each other's names
@@ -110,3 +112,44 @@ def test_swapped_train_and_test_files_are_caught_by_their_known_counts(tmp_path)
     proc = run_script("train.py", "--data-dir", tmp_path, "--out", tmp_path / "out", "--epochs", 1)
     assert_one_line_error(proc, "train-images-idx3-ubyte holds 10,000 items, as the t10k file does",
                           "files look swapped")
+
+
+LEGACY = {  # what an MNIST/processed/training.pt or test.pt may hold (torchvision before 0.9 made them)
+    "truncated": b"PK\x03\x04" + b"\0" * 60,
+    "a label of 200": (torch.zeros(FAKE_TEST, 28, 28, dtype=torch.uint8), torch.full((FAKE_TEST,), 200)),
+    "a 1-tuple": (torch.zeros(FAKE_TEST, 28, 28, dtype=torch.uint8),),
+    "float images": (torch.rand(FAKE_TEST, 28, 28), torch.zeros(FAKE_TEST, dtype=torch.long)),
+    "reshaped images": (torch.zeros(FAKE_TEST, 784, dtype=torch.uint8), torch.zeros(FAKE_TEST, dtype=torch.long)),
+}
+
+
+def plant_legacy(root, content):
+    folder = root / "MNIST" / "processed"
+    folder.mkdir(exist_ok=True)
+    for name in ("training.pt", "test.pt"):
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            torch.save(content, folder / name)
+
+
+@pytest.mark.parametrize("legacy", LEGACY)
+def test_the_checked_raw_files_are_read_whatever_the_processed_folder_holds(copy, legacy):
+    """torchvision reads MNIST/processed/training.pt and test.pt instead of the raw files when both
+    are there (before: a traceback, or float or reshaped images read without a word)."""
+    root, _ = copy
+    plant_legacy(root, LEGACY[legacy])
+    for train, n, seed in ((True, FAKE_TRAIN, 1), (False, FAKE_TEST, 2)):  # what conftest wrote
+        images, labels = fake_digits(n, seed)
+        dataset = data.load_mnist(str(root), train)
+        assert torch.equal(dataset.data, images) and torch.equal(dataset.targets, labels.long())
+
+
+def test_a_processed_folder_does_not_stop_the_download_of_a_missing_file(copy):
+    """With a legacy pair present torchvision skipped the download, and reading the missing file
+    gave a traceback; now the download is tried (and fails here, offline) as without it."""
+    root, raw = copy
+    plant_legacy(root, LEGACY["a 1-tuple"])
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is missing from .* and the download failed"):
+        mnist_files.ensure(str(root), train=False)

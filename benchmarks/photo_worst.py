@@ -1,0 +1,203 @@
+"""The slowest images to read: hostile files under 4 MB, each built here, timed through photo.read_digit.
+
+    python benchmarks/photo_worst.py [--repeat 3]
+
+Each file is made to cost as much as photo.py lets it (its size, mode and pieces just within the
+budget) or to cost far more than it (refused before decoding); the time is the best of --repeat
+reads, with one torch thread as evaluate.py and draw.py use. The cost model in photo.py
+(BUDGET_NS) is meant to keep every one within about a second on the 2-core machine of the README.
+"""
+import argparse
+import io
+import math
+import os
+import struct
+import sys
+import time
+import zlib
+
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import photo  # noqa: E402
+
+
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_of(width, height, colour=0, depth=8, before=b"", after=b""):
+    """A PNG (colour type 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA) of a black bar on white, compressed
+    row by row, with raw chunks before and after its pixels."""
+    size = (width * {0: 1, 2: 3, 4: 2, 6: 4}[colour] * depth + 7) // 8
+    white = b"\0" + b"\xff" * size
+    bar = (b"\0" + b"\xff" * (size * 9 // 20) + b"\0" * (size // 10)).ljust(len(white), b"\xff")
+    packer, rows = zlib.compressobj(9), bytearray()
+    for y in range(height):
+        rows += packer.compress(bar if height // 4 < y < height * 3 // 4 else white)
+    rows += packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+            + before + chunk(b"IDAT", bytes(rows)) + after + chunk(b"IEND", b""))
+
+
+def rle_bmp(side, rle4=False):
+    """An RLE8 or RLE4 BMP: one pixel, then end-of-line, on every row: a few bytes a row, and
+    Pillow's decoder, written in Python, fills each row to its end a pixel at a time."""
+    pixels = bytes([1, 1, 0, 0]) * side + b"\0\1"
+    palette = b"\xff\xff\xff\0" + b"\0" * 4 * ((16 if rle4 else 256) - 1)
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 4 if rle4 else 8, 2 if rle4 else 1, len(pixels), 0, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def serpentine(side=256, width=3):
+    """A line winding back and forth across a black drawing, touching the left edge once: the
+    edge cleanup followed it a pixel at a time."""
+    image = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(image)
+    y, right = 2, True
+    while y + 2 * width < side - 2:
+        draw.rectangle([2, y, side - 3, y + width - 1], fill=255)
+        x = side - 2 - width if right else 2
+        draw.rectangle([x, y, x + width - 1, y + 2 * width], fill=255)
+        y, right = y + 2 * width, not right
+    draw.rectangle([0, 2, 2, 2 + width - 1], fill=255)
+    return saved(image, "PNG", optimize=True)
+
+
+def saved(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def digit_page(size, mode="L"):
+    """A 7 drawn on light paper."""
+    page = Image.new("L", size, 235)
+    w, h = size
+    ImageDraw.Draw(page).line([(w * 0.3, h * 0.2), (w * 0.7, h * 0.2), (w * 0.45, h * 0.8)], fill=20,
+                              width=max(3, w // 40))
+    return page.convert(mode, dither=Image.Dither.NONE)
+
+
+def tiff_tiles(side, tile=16):
+    """An uncompressed TIFF of side x side in tile x tile tiles, all of them the same bytes."""
+    n = (side // tile) ** 2
+    pixels = b"\xff" * tile * tile
+    offsets_at = 8 + len(pixels)
+    counts_at = offsets_at + 4 * n
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (322, 3, 1, tile), (323, 3, 1, tile), (324, 4, n, offsets_at), (325, 4, n, counts_at)]
+    directory = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, count, value) for tag, kind, count, value in entries) + b"\0\0\0\0"
+    return (b"II*\0" + struct.pack("<I", counts_at + 4 * n) + pixels + struct.pack(f"<{n}I", *[8] * n)
+            + struct.pack(f"<{n}I", *[len(pixels)] * n) + directory)
+
+
+def jpeg_scans(side, scans):
+    """A progressive JPEG whose last scan is repeated: libjpeg decodes each one over all the pixels."""
+    data = saved(digit_page((side, side)), "JPEG", progressive=True, quality=90)
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * scans + b"\xff\xd9"
+
+
+def gif_with_comment(blocks):
+    """A GIF with a comment of `blocks` one-byte blocks before its image."""
+    data = saved(digit_page((64, 64), "L"), "GIF")
+    at = data.index(b",")
+    return data[:at] + b"\x21\xfe" + b"\x01A" * blocks + b"\0" + data[at:]
+
+
+def refused_unread(data):
+    """Whether photo.py refuses data before decoding it (its pieces, size or cost)."""
+    f = io.BytesIO(data)
+    try:
+        with photo.quiet():
+            image, pieces_ns = photo.opened(f)
+            with image:
+                photo.check_cost(image, f, pieces_ns, photo.MAX_PIXELS)
+    except photo.UserError:
+        return True
+    return False
+
+
+def largest_read(make, low=16, high=20_000):
+    """The largest n for which make(n) is not refused unread, by bisection (make(low) is read)."""
+    while high - low > max(1, low // 100):
+        middle = (low + high) // 2
+        low, high = (low, middle) if refused_unread(make(middle)) else (middle, high)
+    return low
+
+
+def cases():
+    """(name, bytes) of each hostile file."""
+    yield "serpentine drawing, touches the edge once", serpentine()
+    for rle4 in (False, True):
+        name = "RLE4" if rle4 else "RLE8"
+        side = largest_read(lambda s: rle_bmp(s, rle4))
+        yield f"{name} BMP {side}x{side}, the largest read", rle_bmp(side, rle4)
+        yield f"{name} BMP 7000x7000", rle_bmp(7000, rle4)
+    for colour, name in ((0, "grey"), (6, "RGBA"), (2, "RGB"), (4, "grey+alpha")):
+        side = largest_read(lambda s: png_of(s, s, colour))
+        yield f"{name} PNG {side}x{side}, the largest read", png_of(side, side, colour)
+    side = largest_read(lambda s: png_of(s, s, 0, 16))
+    yield f"16-bit grey PNG {side}x{side}, the largest read", png_of(side, side, 0, 16)
+    yield "RGBA PNG 13300x13300 (700 MB of pixels)", png_of(13300, 13300, 6)
+    for fmt, mode, options in (("GIF", "L", {}), ("PNG", "P", {}), ("WEBP", "RGB", {"quality": 10}),
+                               ("WEBP", "RGBA", {"lossless": True}), ("TIFF", "L", {"compression": "tiff_deflate"}),
+                               ("TIFF", "RGB", {"compression": "jpeg"}), ("TIFF", "1", {"compression": "group4"})):
+        side = largest_read(lambda s: saved(digit_page((s, s), mode), fmt, **options), high=12_000)
+        yield (f"{mode} {fmt} {side}x{side}{' ' + str(options) if options else ''}, the largest read",
+               saved(digit_page((side, side), mode), fmt, **options))
+    yield "JPEG 13000x13000", saved(digit_page((13000, 13000)), "JPEG", quality=50)
+    scans = largest_read(lambda n: jpeg_scans(2000, n), 1, 5000)
+    yield f"progressive JPEG 2000x2000 of {scans} scans, the most read", jpeg_scans(2000, scans)
+    yield f"progressive JPEG 2000x2000 of {2 * scans} scans", jpeg_scans(2000, 2 * scans)
+    jpeg = saved(digit_page((64, 64)), "JPEG")
+    pieces = {
+        "PNG with {:,} empty chunks before its pixels": lambda n: png_of(64, 64, before=chunk(b"abCd", b"") * n),
+        "PNG with {:,} empty chunks after its pixels": lambda n: png_of(64, 64, after=chunk(b"abCd", b"") * n),
+        "JPEG with {:,} empty markers": lambda n: jpeg[:2] + b"\xff\xe5\x00\x02" * n + jpeg[2:],
+        "JPEG with {:,} fill bytes": lambda n: jpeg[:2] + b"\xff" * n + jpeg[2:],
+        "GIF with a comment of {:,} blocks": lambda n: gif_with_comment(n),
+        "TIFF in {:,} tiles of 16x16": lambda n: tiff_tiles(16 * math.isqrt(n)),
+    }
+    for name, make in pieces.items():
+        n = largest_read(make, 1, 1_000_000)
+        yield name.format(n) + ", the most read", make(n)
+        more = 4 * n
+        while len(make(more)) >= 4 * 2**20:
+            more = more * 3 // 4
+        yield name.format(more), make(more)
+
+
+def timed(data, repeat):
+    best, outcome = float("inf"), ""
+    for _ in range(repeat):
+        start = time.perf_counter()
+        try:
+            photo.read_digit(data)
+            outcome = "read"
+        except photo.UserError as e:
+            outcome = f"refused: {e}"
+        best = min(best, time.perf_counter() - start)
+    return best, outcome
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    worst = 0.0
+    for name, data in cases():
+        assert len(data) < 4 * 2**20, (name, len(data))
+        seconds, outcome = timed(data, args.repeat)
+        worst = max(worst, seconds)
+        print(f"{seconds:6.2f} s  {len(data) / 1e3:8.1f} KB  {name}: {outcome[:90]}", flush=True)
+    print(f"worst: {worst:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
