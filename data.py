@@ -19,7 +19,8 @@ LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit
 
 def load_mnist(data_dir, train):
     """torchvision's MNIST with ToTensor: (1, 28, 28) float images in [0, 1] and their labels."""
-    mnist_files.ensure(data_dir, train)
+    mnist_files.ensure(data_dir, train)  # the four raw files in place (downloaded if missing) and sound
+    # torchvision's datasets.MNIST, made to read those raw files whatever else the folder holds
     return mnist_files.MNIST(data_dir, train=train, transform=transforms.ToTensor())
 
 

@@ -139,9 +139,9 @@ def test_the_checked_raw_files_are_read_whatever_the_processed_folder_holds(copy
     are there (before: a traceback, or float or reshaped images read without a word)."""
     root, _ = copy
     plant_legacy(root, LEGACY[legacy])
-    for train, n, seed in ((True, FAKE_TRAIN, 1), (False, FAKE_TEST, 2)):  # what conftest wrote
+    for is_train, n, seed in ((True, FAKE_TRAIN, 1), (False, FAKE_TEST, 2)):  # what conftest wrote
         images, labels = fake_digits(n, seed)
-        dataset = data.load_mnist(str(root), train)
+        dataset = data.load_mnist(str(root), is_train)
         assert torch.equal(dataset.data, images) and torch.equal(dataset.targets, labels.long())
 
 
