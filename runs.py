@@ -50,11 +50,12 @@ class Run:
     """
 
     def __init__(self, args, arch, runs_dir):
-        self.made = args.out is None  # a new folder, ours to remove if nothing gets saved in it
-        self.folder = new_folder(runs_dir, folder_name(vars(args), arch)) if self.made else args.out
+        self.made = args.out is None or not os.path.lexists(args.out)  # ours to remove if nothing is saved
+        self.folder = new_folder(runs_dir, folder_name(vars(args), arch)) if args.out is None else args.out
         self.model_path = os.path.join(self.folder, "model.pt")
         self.continues, self.epochs = args.resume, args.epochs
         check_writable(self.folder, "pass --out DIR")
+        self.lock_made = not os.path.lexists(os.path.join(self.folder, ".lock"))  # else the user's, or a run's
         self.lock = lock(self.folder)
         try:
             self.check_files(args.resume)
@@ -89,10 +90,10 @@ class Run:
         if self.lock:
             self.lock.close()  # the folder is free again
             self.lock = None
-        if self.made and not saved_epoch(self.folder):  # nothing in it: no empty folder for compare.py to skip
-            if os.path.isfile(os.path.join(self.folder, ".lock")):
+        if not saved_epoch(self.folder):  # nothing saved: what this run made goes again (no empty run folder)
+            if self.lock_made and os.path.isfile(os.path.join(self.folder, ".lock")):
                 os.unlink(os.path.join(self.folder, ".lock"))
-            if not os.listdir(self.folder):
+            if self.made and not os.listdir(self.folder):
                 os.rmdir(self.folder)
 
     def where_to_go_on(self):
