@@ -2,9 +2,9 @@
 
     python benchmarks/photo_worst.py [--repeat 3]
 
-Each file is made to cost as much as photo.py lets it (its size, mode and pieces just within the
-budget) or to cost far more than it (refused before decoding); the time is the best of --repeat
-reads, with one torch thread as evaluate.py and draw.py use. The cost model in photo.py
+Each file is made to cost as much as image_files.py lets it (its size, mode and pieces just within
+the budget) or to cost far more than it (refused before decoding); the time is the best of --repeat
+reads, with one torch thread as evaluate.py and draw.py use. The cost model in image_files.py
 (BUDGET_NS) is meant to keep every one within about a second on the 2-core machine of the README.
 """
 import argparse
@@ -20,7 +20,9 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import image_files  # noqa: E402
 import photo  # noqa: E402
+from cli import UserError  # noqa: E402
 
 
 def chunk(kind, body):
@@ -110,14 +112,14 @@ def gif_with_comment(blocks):
 
 
 def refused_unread(data):
-    """Whether photo.py refuses data before decoding it (its pieces, size or cost)."""
+    """Whether image_files.py refuses data before decoding it (its pieces, size or cost)."""
     f = io.BytesIO(data)
     try:
-        with photo.quiet():
-            image, pieces_ns = photo.opened(f)
+        with image_files.quiet():
+            image, pieces_ns = image_files.opened(f)
             with image:
-                photo.check_cost(image, f, pieces_ns, photo.MAX_PIXELS)
-    except photo.UserError:
+                image_files.check_cost(image, f, pieces_ns, image_files.MAX_PIXELS)
+    except UserError:
         return True
     return False
 
@@ -179,7 +181,7 @@ def timed(data, repeat):
         try:
             photo.read_digit(data)
             outcome = "read"
-        except photo.UserError as e:
+        except UserError as e:
             outcome = f"refused: {e}"
         best = min(best, time.perf_counter() - start)
     return best, outcome

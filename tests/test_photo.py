@@ -1,7 +1,7 @@
 """photo.py: photos, scans and drawings brought to MNIST's format: polarity from the paper, thin
-strokes kept, a digit read alike on any page; odd files (16-bit, palette, animated, huge,
-damaged, FIFOs) read safely or refused in one line; on real data, the model reads photos of test
-digits about as well as the digits themselves."""
+strokes kept, a digit read alike on any page; image_files.py, through photo.read_digit: odd files
+(16-bit, palette, animated, huge, damaged, FIFOs) read safely or refused in one line; on real
+data, the model reads photos of test digits about as well as the digits themselves."""
 import ctypes
 import importlib
 import io
@@ -22,6 +22,7 @@ from torchvision import transforms
 
 import checkpoint
 import data
+import image_files
 import photo as ph
 from cli import UserError
 from conftest import ROOT, huge_png, peak_memory
@@ -747,7 +748,7 @@ def test_a_solid_block_is_found_in_a_square_twice_as_wide_and_never_in_a_band():
 
 
 def gray(image):
-    return ph.open_gray(encoded(image, "PNG").getvalue())[0]
+    return image_files.open_gray(encoded(image, "PNG").getvalue())[0]
 
 
 def test_a_computer_drawing_takes_the_quick_way_and_the_photo_way_agrees():
@@ -845,10 +846,12 @@ def test_reading_in_many_threads_leaves_the_process_as_it_was():
 
 def test_importing_photo_changes_nothing_outside_it(monkeypatch):
     """Before, importing photo.py switched Pillow's size guard off, silenced the PIL logger and
-    libtiff's messages for the whole process."""
+    libtiff's messages for the whole process (that reading is image_files.py's). image_files is
+    reloaded first, so that photo, reloaded after it, holds the same TooLarge as it."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's own, whatever an earlier import did
     logger = logging.getLogger("PIL")
     monkeypatch.setattr(logger, "level", logging.NOTSET)
     before = process_state()
+    importlib.reload(image_files)
     importlib.reload(ph)
     assert process_state() == before
