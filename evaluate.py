@@ -142,21 +142,22 @@ def classify_images(model, paths, device, save_dir, evidence_dir=None):
     for path in paths:
         try:
             small, x, note = photo.read_digit(path)
-            print(f"{path}: {photo.summary(photo.classify(model, x, device))}" + (f"  ({note})" if note else ""))
+            said = photo.summary(photo.classify(model, x, device)) + (f"  ({note})" if note else "")
+            print(f"{cli.shown(path)}: {said}")
             if save_dir is not None:
                 target = runs.unused_name(save_dir or os.path.dirname(path), os.path.basename(path), ".mnist.png",
                                           saved)
                 runs.write(target, photo.png(small))
-                print(f"  saved what the model saw: {target}")
+                print(f"  saved what the model saw: {cli.shown(target)}")
             if evidence_dir is not None:
                 answer, runner_up, pixels = evidence.evidence(model, x.to(device))
                 target = runs.unused_name(evidence_dir or os.path.dirname(path), os.path.basename(path),
                                           ".evidence.png", saved)
                 runs.write(target, plots.evidence(x, pixels, answer, runner_up, os.path.basename(path)))
-                print(f"  saved why {answer}, not {runner_up}: {target}")
+                print(f"  saved why {answer}, not {runner_up}: {cli.shown(target)}")
         except cli.UserError as e:
             failed += 1
-            print(f"error: {path}: {e}", file=sys.stderr)
+            print(f"error: {cli.shown(path)}: {e}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
 

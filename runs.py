@@ -54,6 +54,8 @@ class Run:
         self.folder = new_folder(runs_dir, folder_name(vars(args), arch)) if args.out is None else args.out
         self.model_path = os.path.join(self.folder, "model.pt")
         self.continues, self.epochs = args.resume, args.epochs
+        if not self.folder.isprintable():  # printed as it is, by train.py
+            raise UserError(f"--out {shown(self.folder)}: a name with control characters in it; pass another")
         check_writable(self.folder, "pass --out DIR")
         self.lock_made = not os.path.lexists(os.path.join(self.folder, ".lock"))  # else the user's, or a run's
         self.lock = lock(self.folder)
@@ -146,6 +148,8 @@ def resumed_settings(parser, argv, args, runs_dir):
     .resume to the checkpoint, .out to the folder it goes on in (its own, or the --out given with a
     CHECKPOINT), and .resuming to the lines that say so; refuses what cannot go on."""
     path = args.resume or newest_checkpoint(args.out or runs_dir)
+    if not path.isprintable():  # train.py prints the folder it writes into: no escape may reach the terminal
+        raise UserError(f"{shown(path)}: a name with control characters in it; rename it to resume that run")
     ckpt = checkpoint.load(path)
     checkpoint.check_resumable(ckpt, path)
     config = ckpt["config"]

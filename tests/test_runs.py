@@ -10,7 +10,7 @@ import torch
 import cli
 import runs
 import train
-from conftest import assert_one_line_error, main_error, run_script
+from conftest import ROOT, assert_one_line_error, main_error, run_script
 
 
 def test_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -68,6 +68,26 @@ def test_two_default_runs_land_in_two_folders_and_evaluate_finds_the_newest(fake
     assert proc.stdout.splitlines()[1] == "resuming runs/lr0.01-bs64/model.pt after epoch 1/2", proc.stderr
     assert torch.load(tmp_path / "runs" / "lr0.01-bs64" / "model.pt", weights_only=True)["epoch"] == 2
     assert torch.load(tmp_path / "runs" / "lr0.01-bs64-2" / "model.pt", weights_only=True)["epoch"] == 1
+
+
+def test_names_found_on_disk_reach_the_terminal_written_out(trained, fake_mnist, tmp_path):
+    """The newest run's folder, picked by evaluate.py and train.py --resume, and an image's file name, can
+    hold an escape sequence or a newline: they are written out (\\x1b), never sent to the terminal raw."""
+    out, _ = trained
+    folder = tmp_path / "runs" / "clear\x1b[2J\nerror: fake"
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns(".lock", "*.png"))
+    proc = run_script("evaluate.py", "--data-dir", fake_mnist, "--no-plots", cwd=tmp_path)
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout + proc.stderr, proc.stderr
+    assert "\nerror: fake" not in proc.stdout and r"clear\x1b[2J\nerror: fake" in proc.stdout
+    proc = run_script("train.py", "--resume", "--epochs", 3, "--data-dir", fake_mnist, cwd=tmp_path)
+    assert_one_line_error(proc, r"runs/clear\x1b[2J\nerror: fake/model.pt: a name with control characters in it")
+    proc = run_script("train.py", "--out", tmp_path / "new\x1b[2J", "--data-dir", fake_mnist)
+    assert_one_line_error(proc, r"new\x1b[2J: a name with control characters in it")
+    assert not (tmp_path / "new\x1b[2J").exists()
+    image = tmp_path / "seven\x1b[31m.png"
+    image.write_bytes(open(os.path.join(ROOT, "docs", "example_seven.png"), "rb").read())
+    proc = run_script("evaluate.py", out / "model.pt", "--image", image, "--evidence")
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout and r"seven\x1b[31m" in proc.stdout, proc.stderr
 
 
 def test_an_occupied_out_is_refused_without_resume(trained, fake_mnist):
