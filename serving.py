@@ -21,7 +21,6 @@ is 127.0.0.1, so no bound rests on the address: the unit is the connection. Stan
   503, so the oldest go first. Stopping drops what waits at once.
 """
 import collections
-import errno
 import http.server
 import io
 import json
@@ -279,14 +278,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.close()  # http.server's, replaced by one that keeps the deadlines and MAX_HEAD
         connections, connection = self.server.connections, self.connection
         self.rfile = RequestFile(RequestReader(connection, lambda: connections.mark(connection, READING)))
-        self.wake, self.woken = socket.socketpair()  # a job's answer wakes the wait in answer_in_turn
+        self.wake = self.woken = None  # a job's answer wakes the wait in answer_in_turn through them
 
     def finish(self):
         try:
             super().finish()
         finally:
-            self.wake.close()
-            self.woken.close()
+            if self.wake:
+                self.wake.close()
+                self.woken.close()
 
     def handle_one_request(self):
         """http.server's, with the deadlines, MAX_HEAD, the Host and Origin checks, and 405."""
@@ -401,6 +401,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         superseded = (503, {"error": "a newer request came on this connection: this image was not read"})
         if self.rfile.has_more():  # two requests at once: the newer one wins
             return self.send(*superseded)
+        if not self.wake:
+            self.wake, self.woken = socket.socketpair()
         job = Job(run, size, self.wake)
         self.server.work.submit(job)
         end = time.monotonic() + WAIT
@@ -443,18 +445,26 @@ class Server(http.server.ThreadingHTTPServer):
         self.origins = {f"http://{host}" for host in self.hosts}
         self.url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
         self.starting = threading.Lock()  # threads are started from the accepting thread and from others
+        self.stopped_by = None
 
     def process_request(self, request, client_address):
-        admitted = self.connections.admit(request, client_address)
-        if admitted == "serve":
-            self.start_thread(request, client_address)
-        elif admitted == "refuse":  # answered at once, with no thread of its own
-            request.setblocking(False)  # this is the thread that accepts: it never waits on a client
-            try:
-                request.sendall(BUSY_ANSWER)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+        try:
+            admitted = self.connections.admit(request, client_address)
+            if admitted == "serve":
+                self.start_thread(request, client_address)
+            elif admitted == "refuse":  # answered at once, with no thread of its own
+                request.setblocking(False)  # this is the thread that accepts: it never waits on a client
+                try:
+                    request.sendall(BUSY_ANSWER)
+                except OSError:
+                    pass
+                self.shutdown_request(request)
+        except KeyboardInterrupt as stop:  # raised here, socketserver would close the socket under
+            self.stopped_by = stop  # its new thread: it is raised just after, from service_actions
+
+    def service_actions(self):  # serve_forever's, after each connection taken in
+        if self.stopped_by:
+            raise self.stopped_by
 
     def start_thread(self, request, client_address):
         try:
@@ -476,12 +486,10 @@ class Server(http.server.ThreadingHTTPServer):
             self.start_thread(*nxt)
 
     def handle_error(self, request, client_address):
-        """One line for an unexpected error, not socketserver's traceback. A client that went away
-        (reset, broken pipe, out of time, dropped) is no news, nor a request cut off by stopping:
-        Ctrl-C while a connection is being accepted closes its socket under its new thread (EBADF)."""
+        """One line for an unexpected error, not socketserver's traceback; a client that went away
+        (reset, broken pipe, out of time, dropped), or a request cut off by stopping, is no news."""
         error = sys.exc_info()[1]
-        cut_off = self.work.stopped or isinstance(error, OSError) and error.errno == errno.EBADF
-        if not isinstance(error, (ConnectionError, TimeoutError)) and not cut_off:
+        if not isinstance(error, (ConnectionError, TimeoutError)) and not self.work.stopped:
             print(f"draw.py: a request from {client_address[0]} failed: {error!r}"[:300], file=sys.stderr)
 
     def server_close(self):
