@@ -13,6 +13,9 @@ for (let d = 0; d < 10; d++) {
 }
 
 function clear() {
+  clearTimeout(timer);
+  newest++;  // an answer still on its way is for what was cleared
+  waiting = null;
   ink.fillStyle = "white";
   ink.fillRect(0, 0, pad.width, pad.height);
   digit.textContent = "?";
@@ -67,46 +70,57 @@ function stroke(to) {
   soon();
 }
 
-// One request at a time; changes made meanwhile are sent when it returns.
+// One request at a time. Every input (a stroke, a photo, Clear) gets the next number; an answer is
+// shown only if it is for the newest one, and what came while a request was out is sent when it returns.
 let timer = null;
-let busy = false;
-let again = false;
+let newest = 0;      // the number of the newest input
+let waiting = null;  // { number, blob: () => Promise<Blob> } of the newest input not yet sent
+let sending = false;
 function soon() {
   clearTimeout(timer);
-  timer = setTimeout(() => pad.toBlob(send, "image/png"), 150);
+  timer = setTimeout(() => submit(() => new Promise((done) => pad.toBlob(done, "image/png"))), 150);
 }
-async function send(blob) {
-  if (busy) { again = true; return; }
-  busy = true;
-  try {
-    const response = await fetch("/predict", { method: "POST", body: blob, headers: { "Content-Type": blob.type } });
-    const answer = await response.json();
-    if (!response.ok) {
-      say(answer.error, true);
-    } else {
-      digit.textContent = answer.digit;
-      seen.src = answer.image;
-      show(answer);
-      say(answer.note ? `Read it (${answer.note}).` : "");
+function submit(blob) {
+  waiting = { number: ++newest, blob };
+  if (!sending) sendAll();
+}
+async function sendAll() {
+  sending = true;
+  while (waiting) {
+    const { number, blob } = waiting;
+    waiting = null;
+    const body = await blob();
+    try {
+      const response = await fetch("/predict", { method: "POST", body, headers: { "Content-Type": body.type } });
+      const answer = await response.json();
+      if (number !== newest) continue;  // a newer input came meanwhile: its answer is the one to show
+      if (!response.ok) {
+        say(answer.error, true);
+      } else {
+        digit.textContent = answer.digit;
+        seen.src = answer.image;
+        show(answer);
+        say(answer.note ? `Read it (${answer.note}).` : "");
+      }
+    } catch (error) {
+      if (number === newest) say(`No answer from the server (${error.message}): is python draw.py still running?`, true);
     }
-  } catch (error) {
-    say(`No answer from the server (${error.message}): is python draw.py still running?`, true);
-  } finally {
-    busy = false;
-    if (again) { again = false; pad.toBlob(send, "image/png"); }
   }
+  sending = false;
 }
 
 // A photo, chosen or dropped, goes the same way.
 document.getElementById("file").addEventListener("change", (event) => {
-  if (event.target.files[0]) send(event.target.files[0]);
+  const file = event.target.files[0];
+  if (file) submit(() => Promise.resolve(file));
 });
 pad.addEventListener("dragover", (event) => { event.preventDefault(); pad.classList.add("dragging"); });
 pad.addEventListener("dragleave", () => pad.classList.remove("dragging"));
 pad.addEventListener("drop", (event) => {
   event.preventDefault();
   pad.classList.remove("dragging");
-  if (event.dataTransfer.files[0]) send(event.dataTransfer.files[0]);
+  const file = event.dataTransfer.files[0];
+  if (file) submit(() => Promise.resolve(file));
 });
 document.getElementById("clear").addEventListener("click", clear);
 clear();

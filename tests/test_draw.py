@@ -1,5 +1,9 @@
 """draw.py over real HTTP on a free loopback port: answers from drawings and real digits, every
-kind of bad request answered with the right status while the server keeps serving, and load."""
+kind of bad request answered with the right status while the server keeps serving, and the server
+still serving its user while other clients and web pages try to stop it (serving.py).
+
+Every socket here has a timeout, and whatever waits on the server waits on an event it causes (an
+answer, a closed connection, an image reaching draw.predict) rather than on a sleep."""
 import base64
 import concurrent.futures
 import contextlib
@@ -7,11 +11,14 @@ import http.client
 import io
 import json
 import os
+import queue
 import re
 import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -24,31 +31,70 @@ import data
 import draw
 import evaluate
 import photo
-from conftest import ROOT, Child, huge_png, main_error
+import serving
+from conftest import ROOT, huge_png, main_error
 
 
 @pytest.fixture(scope="module")
 def server(trained):
     """A draw.py server in this process, on a free port, with the small two-epoch model."""
     out, _ = trained
-    with serve(out / "model.pt") as port_and_model:
-        yield port_and_model
+    with serve(out / "model.pt") as port_and_server:
+        yield port_and_server
 
 
 @contextlib.contextmanager
-def serve(path):
-    """(port, model) of a draw.py server running in this process until the block ends. It reads
-    draw's constants when it is made: a test that changes one (with monkeypatch) starts its own."""
+def serve(path, host="127.0.0.1"):
+    """(port, server) of a draw.py server running in this process until the block ends. It reads
+    serving's constants when it is made: a test that changes one (with monkeypatch) starts its own."""
     model = checkpoint.model_from(checkpoint.load(str(path)), str(path)).eval()
-    httpd = draw.make_server(model, torch.device("cpu"), "127.0.0.1", 0)
+    httpd = draw.make_server(model, torch.device("cpu"), host, 0)
     httpd.daemon_threads = False  # so that server_close waits for the threads of its connections
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield httpd.server_address[1], model
+        yield httpd.server_address[1], httpd
     finally:
         httpd.shutdown()
         httpd.server_close()  # then all they print is printed
+
+
+class Held:
+    """draw.predict held back until the block ends (or release()): `bodies` are the images it was
+    given, in order, and started(n) waits until n of them have reached it."""
+
+    def __init__(self, monkeypatch):
+        self.bodies, self.arrived, self.gate = [], threading.Semaphore(0), threading.Event()
+        real = draw.predict
+
+        def held(model, device, body):
+            self.bodies.append(body)
+            self.arrived.release()
+            assert self.gate.wait(60), "held for a minute: the test gave up"
+            return real(model, device, body)
+
+        monkeypatch.setattr(draw, "predict", held)
+
+    def started(self, n=1):
+        for _ in range(n):
+            assert self.arrived.acquire(timeout=30), f"{len(self.bodies)} images reached draw.predict, not {n}"
+
+    def release(self):
+        self.gate.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()  # before the server closes: its threads end
+
+
+def wait_until(condition, what, seconds=30):
+    """Poll the server's own state (not a clock): fail if `condition` does not hold within `seconds`."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, f"not {what} within {seconds} s"
+        time.sleep(0.01)
 
 
 def request(port, method, path, body=None, headers=None):
@@ -76,7 +122,8 @@ def stroke_one():
 
 
 PNG = stroke_one()
-POST = b"POST /predict HTTP/1.1\r\nHost: x\r\n"  # the start of a request, for those sent byte by byte
+HOST = b"Host: 127.0.0.1:PORT\r\n"  # exchange() puts the server's port in
+POST = b"POST /predict HTTP/1.1\r\n" + HOST  # the start of a request, for those sent byte by byte
 
 
 def test_the_page_and_its_files_are_served(server):
@@ -142,36 +189,11 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, method, pa
     assert request(port, "POST", "/predict", stroke_one())[0] == 200
 
 
-def test_a_20_mb_body_is_refused_by_its_length_before_it_is_sent(server):
-    port, _ = server
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20971520\r\n\r\n")  # and no body
-        reply = b""
-        while chunk := s.recv(65536):  # the server answers and closes without waiting for the body
-            reply += chunk
-        reply = reply.decode()
-    assert reply.startswith("HTTP/1.1 413 ") and "is more than 4 MB" in reply
-    assert request(port, "POST", "/predict", stroke_one())[0] == 200
-
-
 def test_a_decompression_bomb_is_refused(server, tmp_path):
     port, _ = server
     huge_png(tmp_path / "bomb.png", side=8000)  # 64 megapixels in 200 KB
     status, answer = request(port, "POST", "/predict", (tmp_path / "bomb.png").read_bytes())
     assert status == 413 and "is more than this reads (50 megapixels)" in answer["error"]
-
-
-def test_a_slow_client_does_not_hold_up_the_others(trained, monkeypatch):
-    monkeypatch.setattr(draw, "TIMEOUT", 3)  # seconds, not 10: a server of its own, quicker to drop it
-    with serve(trained[0] / "model.pt") as (port, _):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
-            slow.sendall(b"POST /predict HTTP/1.1\r\nContent-")  # half a request, then nothing
-            start = time.perf_counter()
-            assert request(port, "POST", "/predict", stroke_one())[0] == 200
-            assert time.perf_counter() - start < 2  # well before the slow one is dropped
-            slow.settimeout(draw.TIMEOUT + 10)
-            assert slow.recv(100) == b""  # dropped after draw.TIMEOUT seconds, not kept forever
-            assert time.perf_counter() - start < draw.TIMEOUT + 2
 
 
 def test_a_connection_is_kept_for_the_next_drawing(server):
@@ -187,22 +209,6 @@ def test_a_connection_is_kept_for_the_next_drawing(server):
     assert [a[:2] for a in answers] == [(200, answers[0][1])] * 3 and answers[0][2] is answers[2][2] is not None
 
 
-def test_an_unread_body_does_not_pass_for_the_next_request(server):
-    port, _ = server
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /nowhere HTTP/1.1\r\nContent-Length: 26\r\n\r\nGET /draw.css HTTP/1.1\r\n\r\n")
-        reply = b""
-        while chunk := s.recv(65536):  # one answer, then the connection is closed
-            reply += chunk
-    assert reply.startswith(b"HTTP/1.1 404 ") and reply.count(b"HTTP/1.1 ") == 1
-
-
-def test_an_unread_get_body_does_not_pass_for_the_next_request(server):
-    port, _ = server
-    reply = exchange(port, b"GET /draw.css HTTP/1.1\r\nContent-Length: 26\r\n\r\nGET /draw.css HTTP/1.1\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 ") == 1
-
-
 def test_50_concurrent_requests_are_all_answered(server):
     port, _ = server
     body = stroke_one()
@@ -212,48 +218,13 @@ def test_50_concurrent_requests_are_all_answered(server):
     assert len({json.dumps(answer["probabilities"]) for _, answer in results}) == 1
 
 
-@pytest.mark.slow  # a process of its own
-def test_the_command_prints_the_address_and_stops_on_ctrl_c(trained):
-    out, _ = trained
-    proc = Child("draw.py", out / "model.pt", "--port", "0")
-    assert proc.line("").startswith(f"model {out / 'model.pt'}: 784-64-10 sigmoid")
-    line = proc.line("")
-    assert line.startswith("open http://127.0.0.1:") and line.endswith("/ in a browser (Ctrl-C stops)\n")
-    port = int(line.split(":")[2].split("/")[0])
-    assert request(port, "GET", "/")[0] == 200
-    proc.send(signal.SIGINT)
-    returncode, stderr = proc.finish(timeout=30)
-    assert returncode == 130 and stderr.strip() == "interrupted (SIGINT): the server stopped"
-
-
-def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, server, monkeypatch, capsys):
-    out, _ = trained
-    port, _ = server
-    assert main_error(draw, out / "model.pt", "--port", port).startswith(f"error: cannot listen on 127.0.0.1:{port}")
-    made = []  # draw.main's server, to stop it from here as Ctrl-C would
-    monkeypatch.setattr(draw, "make_server", lambda *args, make=draw.make_server: made.append(make(*args)) or made[0])
-    capsys.readouterr()
-    main = threading.Thread(target=draw.main, args=([str(out / "model.pt"), "--host", "0.0.0.0", "--port", "0"],))
-    main.start()
-    printed, warned = "", ""
-    for _ in range(300):
-        out_now, err_now = capsys.readouterr()
-        printed, warned = printed + out_now, warned + err_now
-        if "open http://" in printed:
-            break
-        time.sleep(0.1)
-    made[0].shutdown()
-    main.join(timeout=30)
-    assert "open http://127.0.0.1:" in printed and not main.is_alive()
-    assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"
-
-
 # Raw HTTP: what http.client would not send, read as it comes.
 
 def exchange(port, raw, timeout=10):
-    """The server's whole reply to `raw`, sent on a new connection: read until the server closes it."""
+    """The server's whole reply to `raw` (HOST given the port), sent on a new connection: read until
+    the server closes it, each read within `timeout` seconds."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw)
+        s.sendall(raw.replace(HOST, HOST.replace(b"PORT", b"%d" % port), 1))
         reply = b""
         try:
             while chunk := s.recv(65536):
@@ -271,6 +242,15 @@ def parse(reply):
     return int(status.split()[1]), {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}, body
 
 
+def answer_on(s):
+    """(status, JSON or bytes, headers) of the next answer on an open socket (which has a timeout)."""
+    response = http.client.HTTPResponse(s)
+    response.begin()
+    body = response.read()
+    return response.status, json.loads(body) if response.getheader("Content-Type") == "application/json" else body, \
+        response.headers
+
+
 def assert_json_error(reply, status, message):
     got, headers, body = parse(reply)
     assert got == status and headers["content-type"] == "application/json", reply[:300]
@@ -286,63 +266,92 @@ BAD_REQUESTS = {  # what http.server itself answers in HTML, or does not refuse,
     "104 KB of headers": (b"GET / HTTP/1.1\r\n" + b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 1300) for i in range(80))
                           + b"\r\n", 431, "more than 64 KB"),
     "101 headers": (b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 101 + b"\r\n", 431, "headers"),
-    "TRACE": (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "TRACE is not served here"),
-    "lowercase get": (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "get is not served here"),
-    "BREW": (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 405, "BREW is not served here"),
+    "TRACE": (b"TRACE / HTTP/1.1\r\n" + HOST + b"\r\n", 405, "TRACE is not served here"),
+    "lowercase get": (b"get / HTTP/1.1\r\n" + HOST + b"\r\n", 405, "get is not served here"),
+    "BREW": (b"BREW /pot HTTP/1.1\r\n" + HOST + b"\r\n", 405, "BREW is not served here"),
+    "HEAD": (b"HEAD / HTTP/1.1\r\n" + HOST + b"\r\n", 405, ""),  # no body: checked below
     "no Content-Length": (POST + b"\r\n", 411, "Content-Length"),
     "chunked": (POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411, "Content-Length"),
     "Content-Length -1": (POST + b"Content-Length: -1\r\n\r\n", 400, "Content-Length"),
     "Content-Length 1_000": (POST + b"Content-Length: 1_000\r\n\r\n" + b"x" * 1000, 400, "Content-Length"),
     "Content-Length many": (POST + b"Content-Length: many\r\n\r\n", 400, "Content-Length"),
+    "Content-Length of 20 MB": (POST + b"Content-Length: 20971520\r\n\r\n", 413, "20,971,520 bytes is more than 4 MB"),
+    "Content-Length of 5000 digits": (POST + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", 413,
+                                      "99999999999999999999... bytes is more than 4 MB"),
     "two Content-Lengths": (POST + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n%s" % (len(PNG), len(PNG), PNG),
                             400, "one Content-Length"),
     "chunked and Content-Length": (POST + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%s"
                                    % (len(PNG), PNG), 400, "Transfer-Encoding"),
     "100-continue for 20 MB": (POST + b"Content-Length: 20971520\r\nExpect: 100-continue\r\n\r\n", 413,
                                "is more than 4 MB"),
+    "no Host": (b"GET / HTTP/1.1\r\n\r\n", 403, "answers requests for http://127.0.0.1:"),
+    "Host elsewhere": (b"GET / HTTP/1.1\r\nHost: attacker.example:80\r\n\r\n", 403, "(Host: attacker.example:80)"),
+    "Host rebound to 127.0.0.1": (b"POST /predict HTTP/1.1\r\nHost: attacker.example:PORT\r\nContent-Length: 3\r\n"
+                                  b"\r\nabc", 403, "answers requests for"),
+    "Host with another port": (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", 403, "(Host: 127.0.0.1:1)"),
+    "two Hosts": (b"GET / HTTP/1.1\r\n" + HOST + HOST + b"\r\n", 403, "answers requests for"),
+    "POST from another site": (POST + b"Origin: https://attacker.example\r\nContent-Length: %d\r\n\r\n%s"
+                               % (len(PNG), PNG), 403, "only the page of http://127.0.0.1:"),
+    "POST from a sandboxed page": (POST + b"Origin: null\r\nContent-Length: %d\r\n\r\n%s" % (len(PNG), PNG), 403,
+                                   "(Origin: null)"),
 }
 
 
 @pytest.mark.parametrize("raw, status, message", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
 def test_every_error_is_one_json_answer_and_the_server_goes_on(server, raw, status, message):
     port, _ = server
+    raw = raw.replace(b"attacker.example:PORT", b"attacker.example:%d" % port)
     reply = exchange(port, raw)
     assert b"100 Continue" not in reply  # a body that is refused is not asked for
-    assert_json_error(reply, status, message)
+    if raw.startswith(b"HEAD"):
+        got, headers, body = parse(reply)
+        assert got == 405 and body == b"" and headers["allow"] == "GET, POST"
+    else:
+        assert_json_error(reply, status, message)
     assert request(port, "POST", "/predict", PNG)[0] == 200
 
 
-def test_head_gets_405_without_a_body(server):
-    port, _ = server
-    status, headers, body = parse(exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"))
-    assert status == 405 and body == b"" and headers["allow"] == "GET, POST"
+@pytest.mark.parametrize("host, origin", [("127.0.0.1:PORT", None), ("localhost:PORT", "http://localhost:PORT"),
+                                          ("LOCALHOST:PORT", "http://127.0.0.1:PORT"),
+                                          ("127.0.0.2:PORT", "http://127.0.0.2:PORT")])
+def test_the_names_of_the_server_and_its_own_page_are_answered(trained, host, origin):
+    """127.0.0.1, localhost and the --host given (here 127.0.0.2, loopback too), with the port; a
+    POST with no Origin is from a client that is not a browser."""
+    with serve(trained[0] / "model.pt", host="127.0.0.2") as (port, _):
+        headers = [f"Host: {host}", f"Origin: {origin}"] if origin else [f"Host: {host}"]
+        head = "".join(f"{h}\r\n" for h in headers).replace("PORT", str(port)).encode()
+        with socket.create_connection(("127.0.0.2", port), timeout=30) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\n" + head + b"Content-Length: %d\r\n\r\n%s" % (len(PNG), PNG))
+            status, answer, _ = answer_on(s)
+        assert status == 200 and "digit" in answer, answer
 
 
 def test_expect_100_continue_is_answered_once_the_size_is_fine(server):
     port, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(POST + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(PNG))
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                  % (port, len(PNG)))
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(PNG)
-        response = http.client.HTTPResponse(s)
-        response.begin()
-        assert response.status == 200 and "digit" in json.loads(response.read())
+        status, answer, _ = answer_on(s)
+        assert status == 200 and "digit" in answer
 
 
-# Limits: a deadline for the whole request, and a cap on connections.
-
-def stalled(port, count, start=b"POST /predict HTTP/1.1\r\nContent-"):
-    """`count` connections that sent the start of a request and nothing more."""
-    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
-    for s in sockets:
-        s.sendall(start)
-    return sockets
+def test_an_unread_body_does_not_pass_for_the_next_request(server):
+    port, _ = server
+    reply = exchange(port, b"POST /nowhere HTTP/1.1\r\n" + HOST + b"Content-Length: 26\r\n\r\n"
+                           b"GET /draw.css HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404 ") and reply.count(b"HTTP/1.1 ") == 1  # then the connection is closed
 
 
-def connection_threads():
-    """The server threads handling a connection, in all servers of this process."""
-    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+def test_an_unread_get_body_does_not_pass_for_the_next_request(server):
+    port, _ = server
+    reply = exchange(port, b"GET /draw.css HTTP/1.1\r\n" + HOST + b"Content-Length: 26\r\n\r\n"
+                           b"GET /draw.css HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 ") == 1
 
+
+# Deadlines: the first byte, then the whole request.
 
 def closed_after(s, seconds, drip):
     """Send `drip` once every 0.2 s for up to `seconds`: (seconds until the server closed the connection
@@ -361,64 +370,326 @@ def closed_after(s, seconds, drip):
     return None, reply
 
 
+# These three measure a deadline of their own server, set to 1 s, against a bound five times as long:
+# room for a busy machine, and still far short of the time a client dripping a byte every 0.2 s
+# would hold the connection without a deadline (for ever).
 def test_a_body_sent_a_byte_at_a_time_is_cut_off_at_the_deadline_with_408(trained, monkeypatch):
-    monkeypatch.setattr(draw, "TIMEOUT", 1)  # seconds for the whole request
+    monkeypatch.setattr(serving, "TIMEOUT", 1)  # seconds for the whole request
     with serve(trained[0] / "model.pt") as (port, _):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(POST + b"Content-Length: 1000\r\n\r\n")
-            seconds, reply = closed_after(s, 5, b"x")  # a byte every 0.2 s: each read gets one in time
-    assert seconds is not None and seconds < 2.5, seconds
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 1000\r\n\r\n" % port)
+            seconds, reply = closed_after(s, 5 * serving.TIMEOUT, b"x")  # each read gets a byte in time
+    assert seconds is not None, "the server kept the connection"
     assert_json_error(reply, 408, "did not arrive in time")
 
 
 def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_deadline(trained, monkeypatch):
-    monkeypatch.setattr(draw, "TIMEOUT", 1)
+    monkeypatch.setattr(serving, "TIMEOUT", 1)
     with serve(trained[0] / "model.pt") as (port, _):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
-            seconds, _ = closed_after(s, 5, b"x")
-        assert seconds is not None and seconds < 2.5, seconds
+            seconds, _ = closed_after(s, 5 * serving.TIMEOUT, b"x")
+        assert seconds is not None, "the server kept the connection"
         assert request(port, "GET", "/")[0] == 200
 
 
-def test_connections_beyond_the_cap_get_503_at_once_and_threads_stay_bounded(trained, monkeypatch):
-    monkeypatch.setattr(draw, "MAX_CONNECTIONS", 4)
-    monkeypatch.setattr(draw, "TIMEOUT", 5)  # the stalled ones stay while the others knock
+def test_a_connection_that_sends_nothing_is_closed_at_the_first_byte_deadline(trained, monkeypatch):
+    monkeypatch.setattr(serving, "IDLE", 1)  # seconds for the first byte: short
+    monkeypatch.setattr(serving, "TIMEOUT", 60)  # for the whole request, from the first byte: long
     with serve(trained[0] / "model.pt") as (port, _):
-        before = len(connection_threads())
-        held = stalled(port, 4)
-        time.sleep(0.3)  # accepted, each by a thread of its own
-        start = time.perf_counter()
-        refused = stalled(port, 20)  # 20 more: no thread each, an answer each at once
-        for s in refused:
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
-            assert_json_error(reply, 503, "busy")
-            s.close()
-        assert time.perf_counter() - start < 2
-        assert len(connection_threads()) - before <= 4
+        with socket.create_connection(("127.0.0.1", port), timeout=5 * serving.IDLE) as silent, \
+                socket.create_connection(("127.0.0.1", port), timeout=5 * serving.IDLE) as kept:
+            kept.sendall(b"GET /draw.css HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+            assert answer_on(kept)[0] == 200  # then nothing more: kept alive, and idle
+            assert silent.recv(1) == b"" and kept.recv(1) == b""  # closed, well before TIMEOUT
+
+
+def test_a_slow_client_does_not_hold_up_the_others(trained, monkeypatch):
+    monkeypatch.setattr(serving, "TIMEOUT", 3)  # seconds, not 10: a server of its own, quicker to drop it
+    with serve(trained[0] / "model.pt") as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=5 * serving.TIMEOUT) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nContent-")  # half a request, then nothing
+            assert request(port, "POST", "/predict", stroke_one())[0] == 200
+            assert not select.select([slow], [], [], 0)[0]  # answered while the slow one is still held
+            assert slow.recv(100) == b""  # then dropped at the deadline, not kept for ever
+
+
+# Connections: every local client is 127.0.0.1, so sockets held open by one must not lock out another.
+
+def connection_threads():
+    """The server threads handling a connection, in all servers of this process."""
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
+def states(httpd, state):
+    """The server's connections in `state` (serving.IDLE_NOW, READING or BUSY)."""
+    with httpd.connections.lock:
+        return [s for s, (now, _) in httpd.connections.states.items() if now == state]
+
+
+def queued(httpd):
+    """How many images wait in the server's queue."""
+    with httpd.work.changed:
+        return sum(map(len, httpd.work.lanes.values()))
+
+
+@pytest.mark.parametrize("start", [b"", b"GET / HTTP/1.1\r\nX-Slow: "], ids=["idle", "trickling in"])
+def test_when_all_places_are_taken_a_new_connection_takes_the_oldest_idle_or_slow_ones(trained, monkeypatch, start):
+    monkeypatch.setattr(serving, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(serving, "IDLE", 60)  # the deadlines do not close them during the test
+    monkeypatch.setattr(serving, "TIMEOUT", 60)
+    state = serving.READING if start else serving.IDLE_NOW
+    with serve(trained[0] / "model.pt") as (port, httpd):
+        held = []
+
+        def hold():  # one more, once the ones before are idle or reading: their order is known
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+            held[-1].sendall(start)
+            wait_until(lambda: len(states(httpd, state)) == sum(s.fileno() != -1 for s in held), "held")
+
+        for _ in range(4):
+            hold()
+        assert request(port, "POST", "/predict", PNG)[0] == 200  # never refused
+        assert held[0].recv(1) == b""  # the oldest made room
+        held[0].close()
+        wait_until(lambda: len(httpd.connections.states) == 3, "the new one gone")
+        hold()  # now the newest of four
+        assert request(port, "POST", "/predict", PNG)[0] == 200
+        assert held[1].recv(1) == b""  # the oldest again, not the newest
+        assert not select.select(held[2:], [], [], 0)[0]  # the others are still held
         for s in held:
-            s.close()  # their slots come free
-        for _ in range(50):
-            status, _ = request(port, "GET", "/")
-            if status == 200:
-                break
-            time.sleep(0.1)
-        assert status == 200
+            s.close()
 
 
-def test_clients_that_reset_before_the_answer_leave_no_traceback(trained, capfd):
+def test_a_connection_with_a_request_not_yet_read_is_not_taken_for_idle():
+    """Its thread has not read it yet (marked idle before it came): taking its place would drop a request."""
+    connections, pairs = serving.Connections(), [socket.socketpair() for _ in range(3)]
+    for server_end, client_end in pairs:
+        client_end.settimeout(10)
+        connections.states[server_end] = (serving.IDLE_NOW, time.monotonic())
+    pairs[0][1].sendall(b"GET / HTTP/1.1\r\n")  # the oldest: a request has come
+    assert connections.drop_one()
+    assert pairs[1][1].recv(1) == b"" and pairs[1][0] not in connections.states  # the next oldest made room
+    assert pairs[0][0] in connections.states and pairs[2][0] in connections.states
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
+def test_when_all_connections_are_busy_new_ones_wait_in_line_then_get_503(trained, monkeypatch):
+    monkeypatch.setattr(serving, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(serving, "IDLE", 60)  # the busy ones, kept alive, would not be closed by it soon
+    with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
+        before = len(connection_threads())
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in busy:  # each has its image in the queue or being read: none can make room
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n\r\n%s"
+                      % (port, len(PNG), PNG))
+        held.started(serving.AT_ONCE)
+        wait_until(lambda: len(states(httpd, serving.BUSY)) == 4, "all busy")
+        line = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in line:
+            s.sendall(b"GET /draw.css HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+        wait_until(lambda: len(httpd.connections.line) == 4, "in line")
+        for _ in range(10):  # past the line: an answer each at once, and no thread
+            assert_json_error(exchange(port, b"GET / HTTP/1.1\r\n" + HOST + b"\r\n"), 503, "busy")
+        assert len(connection_threads()) - before <= 4
+        held.release()
+        for s in busy:
+            assert answer_on(s)[0] == 200
+        for s in line:  # the busy ones closed after their answer, to make room (they would be kept alive)
+            assert answer_on(s)[0] == 200
+        for s in busy + line:
+            s.close()
+
+
+# The queue of images: one per connection, in turns by size, shed after WAIT, dropped on stopping.
+
+def post(port, body=PNG):
+    return b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n\r\n%s" % (port, len(body), body)
+
+
+def test_a_client_that_sends_more_while_its_image_waits_gives_that_image_up(trained, monkeypatch):
+    monkeypatch.setattr(serving, "AT_ONCE", 1)
+    with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
+        first = socket.create_connection(("127.0.0.1", port), timeout=30)
+        first.sendall(post(port))  # being read, held
+        held.started()
+        newer, pipelined, gone = (socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3))
+        drawing, photo_ = stroke_one(), png(Image.new("L", (300, 300), "white"))
+        newer.sendall(post(port, drawing))
+        wait_until(lambda: queued(httpd) == 1, "queued")
+        newer.sendall(post(port, photo_))  # a newer image before the first was read
+        pipelined.sendall(post(port, drawing) + post(port, photo_))  # two at once
+        gone.sendall(post(port, drawing))
+        wait_until(lambda: queued(httpd) == 3, "queued")  # the newer ones, and the one about to leave
+        gone.close()
+        for s in (newer, pipelined):  # given up at once, while the thread is still held
+            status, answer, _ = answer_on(s)
+            assert status == 503 and "a newer request came" in answer["error"]
+        wait_until(lambda: queued(httpd) == 2, "the one that left given up")
+        held.release()
+        assert answer_on(first)[0] == 200
+        assert answer_on(newer)[1]["error"] == "draw a digit first"  # its newer image: a blank photo
+        assert answer_on(pipelined)[1]["error"] == "draw a digit first"
+        assert held.bodies == [PNG, photo_, photo_]  # nothing else was read
+        for s in (first, newer, pipelined):
+            s.close()
+
+
+def test_drawings_and_photos_take_turns_neither_waits_behind_a_line_of_the_other(trained, monkeypatch):
+    monkeypatch.setattr(serving, "AT_ONCE", 1)
+    large = png(Image.effect_noise((400, 400), 60))  # 160 KB, a photo: a lane of its own, away from drawings
+    with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(7)]
+        for n, (s, body) in enumerate(zip(clients, [large] * 4 + [PNG] * 3)):  # in this order
+            s.sendall(post(port, body))
+            if n == 0:
+                held.started()
+            else:
+                wait_until(lambda: queued(httpd) == n, "queued")
+        held.release()
+        for s in clients:
+            answer_on(s)
+            s.close()
+        assert held.bodies == [large, PNG, large, PNG, large, PNG, large]  # not 4 photos first, nor 3 drawings
+
+
+def test_an_image_that_waits_too_long_is_shed_with_503(trained, monkeypatch):
+    monkeypatch.setattr(serving, "AT_ONCE", 1)
+    monkeypatch.setattr(serving, "WAIT", 0.5)
+    with serve(trained[0] / "model.pt") as (port, _), Held(monkeypatch) as held:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as first, \
+                socket.create_connection(("127.0.0.1", port), timeout=30) as second:
+            first.sendall(post(port))
+            held.started()
+            second.sendall(post(port))
+            status, answer, _ = answer_on(second)  # while the thread is still held
+            assert status == 503 and "busy" in answer["error"]
+            held.release()
+            assert answer_on(first)[0] == 200
+        assert len(held.bodies) == 1
+
+
+def test_stopping_drops_the_waiting_images_at_once(trained, monkeypatch):
+    monkeypatch.setattr(serving, "AT_ONCE", 1)
+    with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(11)]
+        clients[0].sendall(post(port))
+        held.started()
+        for s in clients[1:]:
+            s.sendall(post(port))
+        wait_until(lambda: queued(httpd) == 10, "queued")
+        httpd.shutdown()
+        stopping = threading.Thread(target=httpd.server_close)
+        stopping.start()
+        for s in clients[1:]:  # answered while the image being read is still held
+            status, answer, _ = answer_on(s)
+            assert status == 503 and answer["error"] == "the server is stopping"
+        held.release()
+        stopping.join(timeout=30)
+        assert not stopping.is_alive() and len(held.bodies) == 1
+        for s in clients:
+            s.close()
+
+
+# The command, and errors.
+
+def lines_of(proc):
+    """A queue of the lines `proc` prints, read by a thread: get(timeout=...) never waits for ever."""
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    return lines
+
+
+SLOW_READER = """
+import os, signal, sys, time, torch
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if pytest was started with Ctrl-C ignored
+sys.path.insert(0, sys.argv[1])
+sys.argv = sys.argv[2:]  # draw.py and its arguments
+import cli, photo, runpy
+def slow(*args):  # an image that would be read for a minute, in torch all along
+    os.write(1, b"reading\\n")  # one write: the two threads' lines do not mix
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        torch.rand(64, 64).sum()
+photo.read_digit = slow
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow  # a process of its own
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_the_command_prints_the_address_and_stops_at_once_with_images_queued(trained, signum):
+    """The images are read for a minute each (photo.read_digit made slow); ten more wait. Ctrl-C or
+    SIGTERM stops it within STOP_WAIT (1 s) and the exit: the bound is five times that, far short
+    of the minutes the queue would take."""
+    out, _ = trained
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_READER, ROOT, os.path.join(ROOT, "draw.py"),
+                             str(out / "model.pt"), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        lines = lines_of(proc)
+        assert lines.get(timeout=120).startswith(f"model {out / 'model.pt'}: 784-64-10 sigmoid")
+        line = lines.get(timeout=30)
+        assert line.startswith("open http://127.0.0.1:") and line.endswith("/ in a browser (Ctrl-C stops)\n")
+        port = int(line.split(":")[2].split("/")[0])
+        assert request(port, "GET", "/")[0] == 200
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(serving.AT_ONCE + 10)]
+        for s in clients:
+            s.sendall(post(port))
+        for _ in range(serving.AT_ONCE):
+            assert lines.get(timeout=30) == "reading\n"
+        proc.send_signal(signum)
+        proc.wait(timeout=5 * (serving.STOP_WAIT + 1))
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum and stderr.strip() == f"interrupted ({name}): the server stopped", stderr
+    for s in clients:
+        s.close()
+
+
+def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, server, monkeypatch, capsys):
+    out, _ = trained
+    port, _ = server
+    assert main_error(draw, out / "model.pt", "--port", port).startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    made, serving_now = [], threading.Event()  # draw.main's server, to stop it from here as Ctrl-C would
+
+    def make(*args, make_server=draw.make_server):
+        httpd = make_server(*args)
+        serve_forever = httpd.serve_forever
+        httpd.serve_forever = lambda: serving_now.set() or serve_forever()
+        made.append(httpd)
+        return httpd
+
+    monkeypatch.setattr(draw, "make_server", make)
+    capsys.readouterr()
+    main = threading.Thread(target=draw.main, args=([str(out / "model.pt"), "--host", "0.0.0.0", "--port", "0"],))
+    main.start()
+    assert serving_now.wait(timeout=60)
+    made[0].shutdown()
+    main.join(timeout=30)
+    printed, warned = capsys.readouterr()
+    assert "open http://127.0.0.1:" in printed and not main.is_alive()
+    assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"
+
+
+def test_clients_that_reset_before_the_answer_leave_no_traceback(trained, monkeypatch, capfd):
     linger = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, not a goodbye
-    with serve(trained[0] / "model.pt") as (port, _):
+    monkeypatch.setattr(serving, "AT_ONCE", 4)  # each whole request is read at once, and held
+    with serve(trained[0] / "model.pt") as (port, _), Held(monkeypatch) as held:
         capfd.readouterr()
         for whole in (True, False) * 4:
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            s.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(PNG) + (PNG if whole else PNG[:100]))
+            s.sendall(post(port) if whole else post(port)[:200])
             if whole:
-                time.sleep(0.002)  # read, and being answered
+                held.started()  # read, and about to be answered
             s.close()
+        held.release()
         assert request(port, "POST", "/predict", PNG)[0] == 200
     err = capfd.readouterr().err  # the server is closed: its threads have said all they will
     assert "Traceback" not in err and err == "", err

@@ -1,7 +1,8 @@
 """The draw page in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by
 Selenium with the system chromedriver, nothing downloaded) draws a 7 with pointer events and must
 show a digit and ten bars, with no errors in the console, and no broken image before the first
-answer or after Clear. Skips without Chromium, except under CI.
+answer or after Clear; a photo chosen while a drawing's request is out must end up shown. Skips
+without Chromium, except under CI.
 
 SCREENSHOT=docs/draw.png python -m pytest tests/test_draw_browser.py also writes the picture
 the README shows.
@@ -12,7 +13,9 @@ import tempfile
 
 import pytest
 
-from test_draw import serve
+import draw
+
+from test_draw import Held, png, serve
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -101,3 +104,37 @@ def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_pa
         assert errors == []
         browser.find_element(By.ID, "clear").click()
         assert browser.find_element(By.ID, "digit").text == "?"
+
+
+def test_a_photo_chosen_while_a_drawing_is_read_is_the_answer_shown(browser, trained, monkeypatch, tmp_path):
+    """The drawing's request is held in the server until the photo has been chosen; then both are
+    answered, the drawing's first: the page must end showing the photo's answer, the newest input."""
+    from PIL import Image, ImageDraw
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = Image.new("L", (300, 300), "white")  # a thick 1: what the small model makes of it does not matter,
+    ImageDraw.Draw(photo).line([(150, 40), (150, 260)], fill="black", width=40)  # only that it is the photo's
+    (tmp_path / "photo.png").write_bytes(png(photo))
+    out, _ = trained
+    with serve(out / "model.pt") as (port, _), Held(monkeypatch) as held:
+        answers = {}  # what the server answered for each image, by its size
+        real = draw.predict
+
+        def recorded(model, device, body):
+            answer = real(model, device, body)
+            answers[len(body)] = answer
+            return answer
+
+        monkeypatch.setattr(draw, "predict", recorded)
+        browser.get(f"http://127.0.0.1:{port}/")
+        draw_seven(browser, browser.find_element(By.ID, "pad"))
+        held.started()  # the drawing is being read
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "photo.png"))
+        held.release()
+        WebDriverWait(browser, 30).until(lambda b: len(held.bodies) == 2 and len(answers) == 2)
+        status, shown = answers[len(held.bodies[1])]
+        assert held.bodies[1] == png(photo) and status == 200
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "seen").get_attribute("src") == shown["image"])
+        assert browser.find_element(By.ID, "digit").text == str(shown["digit"])
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
