@@ -5,7 +5,8 @@
 
 Serves the page in page/ (plain HTML, CSS and JavaScript) and one endpoint, POST /predict, which
 takes the bytes of an image (the canvas as PNG, or a photo) and answers JSON: the ten
-probabilities, the digit, and the 28x28 image the network saw. It goes through photo.read_digit,
+probabilities, the digit, the 28x28 image the network saw, the runner-up, and each pixel's evidence
+for the digit against the runner-up (evidence.py). It goes through photo.read_digit,
 as evaluate.py --image does, so a drawing and a saved photo of it get the same answer.
 Standard library only: serving.py's server, http.server underneath. Ctrl-C or SIGTERM stops it
 within a second or two, whatever is queued.
@@ -23,6 +24,7 @@ import torch
 
 import checkpoint
 import cli
+import evidence
 import photo
 import runs
 import serving
@@ -44,6 +46,7 @@ def predict(model, device, body):
     try:
         small, x, note = photo.read_digit(body, MAX_PIXELS)
         probs = photo.classify(model, x, device)
+        _, runner_up, pixels = evidence.evidence(model, x.to(device))
     except photo.NoDigit:
         return 400, {"error": "draw a digit first"}
     except photo.TooLarge as e:
@@ -54,7 +57,8 @@ def predict(model, device, body):
         print(f"draw.py: could not read an image of {len(body):,} bytes: {e!r}"[:300], file=sys.stderr)
         return 500, {"error": "could not read this image"}
     return 200, {"digit": int(probs.argmax()), "probabilities": [round(p, 6) for p in probs.tolist()],
-                 "image": "data:image/png;base64," + base64.b64encode(photo.png(small)).decode(), "note": note}
+                 "image": "data:image/png;base64," + base64.b64encode(photo.png(small)).decode(), "note": note,
+                 "runner_up": runner_up, "evidence": [[float(f"{v:.4g}") for v in row] for row in pixels.tolist()]}
 
 
 def make_server(model, device, host=HOST, port=PORT):
@@ -101,7 +105,7 @@ def main(argv=None):
     host, port = server.server_address[:2]
     if not ipaddress.ip_address(host).is_loopback:
         print(f"warning: listening on {host}: anyone who can reach this machine can use the page", file=sys.stderr)
-    print(f"model {path}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}", flush=True)
+    print(f"model {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}", flush=True)
     print(f"open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ in a browser (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

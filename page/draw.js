@@ -1,11 +1,14 @@
 // Draw on the canvas; while drawing (at most every 150 ms) the canvas goes to POST /predict as a
-// PNG and the answer is shown: the digit, ten bars, and the 28x28 image the network saw.
+// PNG and the answer is shown: the digit, ten bars, the 28x28 image the network saw, and why: which
+// of its pixels pushed toward the answer (red) and which toward the runner-up (blue).
 const pad = document.getElementById("pad");
 const ink = pad.getContext("2d");
 const digit = document.getElementById("digit");
 const seen = document.getElementById("seen");
 const bars = document.getElementById("bars");
 const statusLine = document.getElementById("status");
+const why = document.getElementById("why").getContext("2d");
+const whyLegend = document.getElementById("why-legend");
 
 for (let d = 0; d < 10; d++) {
   bars.insertAdjacentHTML("beforeend",
@@ -21,6 +24,7 @@ function clear() {
   digit.textContent = "?";
   seen.removeAttribute("src");
   show({ probabilities: new Array(10).fill(0) });
+  explain(null);
   say("Draw a digit.");
 }
 
@@ -37,6 +41,21 @@ function show(answer) {
     li.querySelector(".pct").textContent = `${(100 * p).toFixed(1)}%`;
     li.classList.toggle("top", p === top && p > 0);
   });
+}
+
+// Each pixel's evidence on one colour scale centred at zero: white moved nothing, full red (or blue) is
+// the pixel that pushed most toward the answer (or the runner-up).
+function explain(answer) {
+  const pixels = why.createImageData(28, 28);
+  const evidence = answer ? answer.evidence.flat() : new Array(784).fill(0);
+  const scale = Math.max(...evidence.map(Math.abs)) || 1;
+  evidence.forEach((value, i) => {
+    const fade = Math.round(255 * (1 - Math.abs(value) / scale));  // the other two channels, toward white
+    pixels.data.set(value > 0 ? [255, fade, fade, 255] : [fade, fade, 255, 255], 4 * i);
+  });
+  why.putImageData(pixels, 0, 0);
+  whyLegend.textContent = answer ? `red pushed toward ${answer.digit}, blue toward ${answer.runner_up}`
+    : "why this answer";
 }
 
 // Dark ink on white, like pen on paper; the server turns it into MNIST's light-on-black.
@@ -100,6 +119,7 @@ async function sendAll() {
         digit.textContent = answer.digit;
         seen.src = answer.image;
         show(answer);
+        explain(answer);
         say(answer.note ? `Read it (${answer.note}).` : "");
       }
     } catch (error) {

@@ -30,6 +30,7 @@ import checkpoint
 import data
 import draw
 import evaluate
+import evidence
 import photo
 import serving
 from conftest import ROOT, huge_png, main_error
@@ -141,7 +142,7 @@ def test_a_prediction_is_the_same_as_evaluate_image_gives(server, trained, tmp_p
     port, _ = server
     out, _ = trained
     status, answer = request(port, "POST", "/predict", stroke_one(), {"Content-Type": "image/png"})
-    assert status == 200 and set(answer) == {"digit", "probabilities", "image", "note"}
+    assert status == 200 and set(answer) == {"digit", "probabilities", "image", "note", "runner_up", "evidence"}
     assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
     seen = Image.open(io.BytesIO(base64.b64decode(answer["image"].removeprefix("data:image/png;base64,"))))
     assert seen.format == "PNG" and seen.mode == "L" and seen.size == (28, 28)
@@ -158,6 +159,11 @@ def test_a_prediction_is_the_same_as_evaluate_image_gives(server, trained, tmp_p
     assert 100 * max(answer["probabilities"]) == pytest.approx(float(line[2]), abs=0.05 + 1e-4)  # printed to .1f
     top3 = sorted(range(10), key=lambda d: -answer["probabilities"][d])[:3]
     assert [int(d) for d in line.groups()[2:]] == top3, (printed, answer["probabilities"])
+    # why: the evidence of the image the network saw, for its digit against the runner-up (evidence.py)
+    model = checkpoint.model_from(checkpoint.load(str(out / "model.pt")), "model.pt")
+    digit, runner_up, pixels = evidence.evidence(model, photo.read_digit(stroke_one())[1])
+    assert (answer["digit"], answer["runner_up"]) == (digit, runner_up) == (top3[0], top3[1])
+    assert torch.allclose(torch.tensor(answer["evidence"]), pixels, rtol=1e-3, atol=1e-7)
 
 
 def test_drawn_one_and_a_real_test_digit_are_read_right(real_run, real_mnist):

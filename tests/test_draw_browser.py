@@ -97,6 +97,15 @@ def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_pa
         assert len(percents) == 10 and abs(sum(percents) - 100) < 1 and max(percents) == percents[7]
         widths = [e.size["width"] for e in browser.find_elements(By.CSS_SELECTOR, "#bars .bar")]
         assert widths.index(max(widths)) == 7 and max(widths) > 0
+        # why: the evidence map beside it, red toward 7 and blue toward the runner-up, named in one line
+        second = sorted(range(10), key=lambda d: -percents[d])[1]
+        assert browser.find_element(By.ID, "why-legend").text == f"red pushed toward 7, blue toward {second}"
+        drawn = browser.execute_script("return Array.from(document.getElementById('why').getContext('2d')"
+                                       ".getImageData(0, 0, 28, 28).data)")
+        pixels = [drawn[i:i + 4] for i in range(0, len(drawn), 4)]
+        red = sum(1 for r, g, b, _ in pixels if r == 255 and g == b < 255)
+        blue = sum(1 for r, g, b, _ in pixels if b == 255 and r == g < 255)
+        assert red > 20 and blue > 0 and sum(1 for p in pixels if p[:3] == [255, 0, 0]) >= 1  # full red: the most
         browser.save_screenshot(str(tmp_path / "draw.png"))
         if os.environ.get("SCREENSHOT"):
             browser.save_screenshot(os.environ["SCREENSHOT"])
@@ -104,6 +113,7 @@ def test_drawing_a_digit_shows_the_answer_and_ten_bars(browser, real_run, tmp_pa
         assert errors == []
         browser.find_element(By.ID, "clear").click()
         assert browser.find_element(By.ID, "digit").text == "?"
+        assert browser.find_element(By.ID, "why-legend").text == "why this answer"
 
 
 def test_a_photo_chosen_while_a_drawing_is_read_is_the_answer_shown(browser, trained, monkeypatch, tmp_path):
@@ -137,4 +147,5 @@ def test_a_photo_chosen_while_a_drawing_is_read_is_the_answer_shown(browser, tra
         assert held.bodies[1] == png(photo) and status == 200
         WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "seen").get_attribute("src") == shown["image"])
         assert browser.find_element(By.ID, "digit").text == str(shown["digit"])
+        assert browser.find_element(By.ID, "why-legend").text.endswith(f"blue toward {shown['runner_up']}")
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
