@@ -11,7 +11,7 @@ is 127.0.0.1, so no bound rests on the address: the unit is the connection. Stan
   the place of the one idle longest, or else of the one whose request has been trickling in longest
   (sockets held open cannot lock anyone out); when all are busy, it waits in line, with no thread,
   and the busy ones close after their answer until the line is empty (more clients than places
-  take turns). Past a line as long again, 503.
+  take turns). Past a line of LINE, 503.
 - Only requests for this server's own address are answered (Host: 127.0.0.1, localhost or --host,
   with the port), and only POSTs from its own page (Origin): a web page elsewhere cannot use it, even
   by pointing a name of its own at 127.0.0.1 (DNS rebinding). Anything else gets a JSON 403.
@@ -33,7 +33,8 @@ import time
 TIMEOUT = 10  # seconds a client may take to send a whole request, from its first byte
 IDLE = 2  # seconds a connection may wait before that first byte: a page sends at once
 MAX_HEAD = 64 * 2**10  # bytes of request line and headers together (http.server alone takes ~6 MB)
-MAX_CONNECTIONS = 64  # served at once, a thread each; as many more wait in line, with no thread
+MAX_CONNECTIONS = 64  # served at once, a thread each
+LINE = 64  # connections waiting for a place when all are busy, with no thread; past them, 503
 AT_ONCE = 2  # threads that work on images (one a core): memory stays bounded under any load
 WAIT = 5  # seconds an image may wait for a thread before it is shed with 503
 STOP_WAIT = 1  # seconds stopping waits for the images being worked on (photo.py bounds each)
@@ -124,7 +125,7 @@ class Connections:
         line, or 'refuse' it."""
         with self.lock:
             if len(self.states) >= MAX_CONNECTIONS and not self.drop_one():
-                if len(self.line) >= MAX_CONNECTIONS:
+                if len(self.line) >= LINE:
                     return "refuse"
                 self.line.append((sock, address))
                 return "wait"
@@ -279,6 +280,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         connections, connection = self.server.connections, self.connection
         self.rfile = RequestFile(RequestReader(connection, lambda: connections.mark(connection, READING)))
         self.wake = self.woken = None  # a job's answer wakes the wait in answer_in_turn through them
+        self.answered = 0  # requests answered on this connection
 
     def finish(self):
         try:
@@ -294,8 +296,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.rfile.start()
-        if not self.rfile.has_more():  # nothing yet: it makes room for those in line, or may for a new one
-            if self.server.connections.crowded():
+        if not self.rfile.has_more():  # nothing yet: it may make room for a new connection
+            if self.answered and self.server.connections.crowded():  # kept alive: room for those in line
                 self.close_connection = True
                 return
             self.server.connections.mark(self.connection, IDLE_NOW)
@@ -353,6 +355,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        self.answered += 1
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (a broken request line, HTTP/2.0, 101 headers) in JSON too."""

@@ -484,6 +484,7 @@ def test_a_connection_with_a_request_not_yet_read_is_not_taken_for_idle():
 
 def test_when_all_connections_are_busy_new_ones_wait_in_line_then_get_503(trained, monkeypatch):
     monkeypatch.setattr(serving, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(serving, "LINE", 4)
     monkeypatch.setattr(serving, "IDLE", 60)  # the busy ones, kept alive, would not be closed by it soon
     with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
         before = len(connection_threads())
@@ -506,6 +507,31 @@ def test_when_all_connections_are_busy_new_ones_wait_in_line_then_get_503(traine
         for s in line:  # the busy ones closed after their answer, to make room (they would be kept alive)
             assert answer_on(s)[0] == 200
         for s in busy + line:
+            s.close()
+
+
+def test_a_connection_given_a_place_is_left_time_to_send_its_request_while_others_wait(trained, monkeypatch):
+    """A new connection that has sent nothing yet is not closed to make room for those in line (only a
+    kept-alive one is): its request may be on its way."""
+    monkeypatch.setattr(serving, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(serving, "LINE", 2)
+    monkeypatch.setattr(serving, "IDLE", 60)
+    with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
+        busy = socket.create_connection(("127.0.0.1", port), timeout=30)
+        busy.sendall(post(port))
+        held.started()
+        quiet = socket.create_connection(("127.0.0.1", port), timeout=30)  # in line, its request not sent yet
+        wait_until(lambda: len(httpd.connections.line) == 1, "in line")
+        last = socket.create_connection(("127.0.0.1", port), timeout=30)
+        last.sendall(b"GET /draw.css HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+        wait_until(lambda: len(httpd.connections.line) == 2, "in line")
+        held.release()
+        assert answer_on(busy)[0] == 200  # then closed: its place goes to the first in line
+        wait_until(lambda: len(states(httpd, serving.IDLE_NOW)) == 1, "quiet in its place")
+        quiet.sendall(b"GET /draw.css HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+        assert answer_on(quiet)[0] == 200
+        assert answer_on(last)[0] == 200
+        for s in (busy, quiet, last):
             s.close()
 
 
@@ -613,7 +639,7 @@ import os, signal, sys, time, torch
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if pytest was started with Ctrl-C ignored
 sys.path.insert(0, sys.argv[1])
 sys.argv = sys.argv[2:]  # draw.py and its arguments
-import cli, photo, runpy
+import photo, runpy
 def slow(*args):  # an image that would be read for a minute, in torch all along
     os.write(1, b"reading\\n")  # one write: the two threads' lines do not mix
     end = time.monotonic() + 60
@@ -673,6 +699,7 @@ def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, s
 
     monkeypatch.setattr(draw, "make_server", make)
     capsys.readouterr()
+    switch_interval = sys.getswitchinterval()
     main = threading.Thread(target=draw.main, args=([str(out / "model.pt"), "--host", "0.0.0.0", "--port", "0"],))
     main.start()
     assert serving_now.wait(timeout=60)
@@ -680,6 +707,7 @@ def test_listening_beyond_loopback_warns_and_a_taken_port_is_one_line(trained, s
     main.join(timeout=30)
     printed, warned = capsys.readouterr()
     assert "open http://127.0.0.1:" in printed and not main.is_alive()
+    assert sys.getswitchinterval() == switch_interval  # set while it serves, and put back
     assert warned.splitlines()[0] == "warning: listening on 0.0.0.0: anyone who can reach this machine can use the page"
 
 
