@@ -22,13 +22,14 @@ import select
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
 
 from PIL import Image, ImageDraw
+
+from hostile_images import jpeg_markers, largest_read, rle_bmp, serpentine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HONEST = 30  # requests of the honest client beside each load
@@ -48,16 +49,6 @@ def photo_png(side=2000):
     ImageDraw.Draw(paper).line([(side // 3, side // 4), (2 * side // 3, side // 4), (side // 2, 3 * side // 4)],
                                fill=0, width=side // 40)
     return encoded(paper, "PNG")
-
-
-def rle_bmp(side=2000):
-    """A few KB of 8-bit RLE BMP whose decoding is slow: each row one pixel, then end-of-line, which
-    Pillow's decoder (Python) pads a byte at a time."""
-    rows = b"\x01\x00\x00\x00" * side + b"\x00\x01"
-    palette = b"".join(struct.pack("<4B", v, v, v, 0) for v in range(256))
-    offset = 14 + 40 + len(palette)
-    return (struct.pack("<2sIHHI", b"BM", offset + len(rows), 0, 0, offset)
-            + struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(rows), 2835, 2835, 256, 0) + palette + rows)
 
 
 def encoded(image, kind):
@@ -213,7 +204,7 @@ def hostile(name, target, port, seconds, *args):
     tried = len(latencies) + len(refused)
     figures = (f"p50 {1000 * statistics.median(latencies):7.1f} ms, p95 {1000 * p95(latencies):7.1f} ms"
                if latencies else "no answer")
-    print(f"  {name:<52} {figures}; {len(refused)} of {tried} not answered 200"
+    print(f"  {name:<62} {figures}; {len(refused)} of {tried} not answered 200"
           + (f" ({', '.join(sorted(set(refused)))})" if refused else ""), flush=True)
 
 
@@ -268,21 +259,27 @@ def main():
             print(f"median p95 of {args.rounds} rounds: {1000 * median:.1f} ms"
                   + (f"; target < 50 ms: {'met' if median < 0.05 else 'NOT met'}" if args.clients == 8 else ""))
 
-        bmp, photo = rle_bmp(), photo_png()
+        markers = jpeg_markers(largest_read(jpeg_markers, 1, 1_000_000))  # the slowest image read: 0.6 s
+        bmp, drawing, photo = rle_bmp(largest_read(rle_bmp)), serpentine(), photo_png()
         print(f"honest client, one drawing at a time on a new connection, beside each load "
               f"(at most {HONEST} requests or {args.seconds:g} s):", flush=True)
         hostile("alone", nothing, port, args.seconds)
         hostile("70 idle sockets, reopened when dropped", idle_sockets, port, args.seconds, 70)
         hostile("70 sockets sending a byte a second", idle_sockets, port, args.seconds, 70, b"GET / HTTP/1.1\r\nX: ")
-        hostile(f"2 clients posting a {len(bmp) // 1000} KB RLE BMP ({seconds_to_read(bmp):.1f} s alone)",
+        hostile(f"2 clients posting a {len(markers) // 1000} KB JPEG of empty markers "
+                f"({seconds_to_read(markers):.2f} s alone)",
+                posting, port, args.seconds, 2, markers)
+        hostile(f"2 clients posting a {len(bmp) // 1000} KB RLE BMP ({seconds_to_read(bmp):.2f} s alone)",
                 posting, port, args.seconds, 2, bmp)
+        hostile(f"60 clients posting a {len(drawing)}-byte serpentine ({seconds_to_read(drawing):.2f} s alone)",
+                posting, port, args.seconds, 60, drawing)
         hostile(f"60 clients posting a {len(photo) / 1e6:.1f} MB photo ({seconds_to_read(photo):.2f} s alone)",
                 posting, port, args.seconds, 60, photo)
         hostile("100 clients getting / in a loop", posting, port, args.seconds, 100, None)
         hostile("100 clients posting the drawing in a loop", posting, port, args.seconds, 100, body)
 
         stop = multiprocessing.Event()  # Ctrl-C with slow images waiting, as many as clients send
-        process = multiprocessing.Process(target=posting, args=(port, stop, 60, bmp), daemon=True)
+        process = multiprocessing.Process(target=posting, args=(port, stop, 60, markers), daemon=True)
         process.start()
         time.sleep(2)
         start = time.perf_counter()
@@ -295,7 +292,7 @@ def main():
         if server.poll() is None:
             os.kill(server.pid, signal.SIGINT)
             server.wait(timeout=120)
-    print(f"Ctrl-C with 60 clients posting the RLE BMP: stopped in {stopped:.1f} s")
+    print(f"Ctrl-C with 60 clients posting the JPEG of empty markers: stopped in {stopped:.1f} s")
 
 
 if __name__ == "__main__":
