@@ -9,7 +9,6 @@ walks one at a time in Python) before a pixel is decoded. Large images are reduc
 phone's rotation (EXIF) is obeyed, and Pillow's and libtiff's messages are kept quiet during the
 read only. photo.py makes the grey levels this returns look like MNIST.
 """
-import contextlib
 import ctypes
 import functools
 import io
@@ -44,7 +43,6 @@ PIECES = {"PNG": (10_000, "chunks"), "JPEG": (4_000, "markers and stray bytes be
 TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}  # EXIF orientation -> what shows the image upright, as ImageOps has it
-PILLOW = threading.Lock()  # one reader at a time while quiet() has the process's settings changed
 
 
 class TooLarge(UserError):
@@ -77,28 +75,57 @@ def open_gray(source, max_pixels=MAX_PIXELS):
     return gray, ("the first of several frames was read" if several else "")
 
 
-@contextlib.contextmanager
-def quiet():
+class Quiet:
     """Pillow's warnings on a damaged file ('Corrupt EXIF data'), its log lines ('More samples per
     pixel than can be decoded', which logging's last resort prints) and what libtiff prints to
     stderr itself are kept from the user while a file is read: photo.read_digit's one line says it
-    all. Each is a setting of the whole process, so each is changed for the read only and put back
-    after, one reader at a time: catch_warnings alone is not thread-safe (readers in several threads
-    at once left its filter behind for good)."""
+    all. Each is a setting of the whole process, so the first reader in changes them and the last
+    one out puts them back; readers in other threads meanwhile share them (draw.py reads a drawing
+    while a slow photo is being read). catch_warnings entered by each reader is not thread-safe:
+    600 reads in 8 threads left its filter behind for good."""
+
+    def __init__(self):
+        self.lock, self.readers, self.put_back = threading.Lock(), 0, None
+
+    def __enter__(self):
+        with self.lock:
+            if not self.readers:
+                self.put_back = quieted()
+            self.readers += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.readers -= 1
+            if not self.readers:
+                self.put_back()
+
+
+def quieted():
+    """Quiet Pillow's warnings and loggers and libtiff, returning what puts them back."""
     Image.init()  # Pillow's formats registered in Image.OPEN, and their modules' loggers made (once)
     loggers = [logger for name, logger in list(logging.root.manager.loggerDict.items())
                if name.startswith("PIL.") and isinstance(logger, logging.Logger)]
-    with PILLOW, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"PIL\.")
-        disabled, handlers = [logger.disabled for logger in loggers], libtiff_handlers(None, None)
-        for logger in loggers:
-            logger.disabled = True
-        try:
-            yield
-        finally:
-            for logger, was in zip(loggers, disabled):
-                logger.disabled = was
-            libtiff_handlers(*handlers)
+    caught = warnings.catch_warnings()
+    caught.__enter__()
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    disabled, handlers = [logger.disabled for logger in loggers], libtiff_handlers(None, None)
+    for logger in loggers:
+        logger.disabled = True
+
+    def put_back():
+        for logger, was in zip(loggers, disabled):
+            logger.disabled = was
+        libtiff_handlers(*handlers)
+        caught.__exit__(None, None, None)
+    return put_back
+
+
+QUIET = Quiet()
+
+
+def quiet():
+    """`with quiet():` Pillow and libtiff say nothing while a file is read (see Quiet)."""
+    return QUIET
 
 
 def libtiff_handlers(warning, error):

@@ -826,6 +826,7 @@ def test_reading_in_many_threads_leaves_the_process_as_it_was():
     warns = tiff([grey_tiff_directory(page) + [(296, 3, 2)]], page.tobytes())  # ResolutionUnit: fine
     files = [encoded(page, "PNG").getvalue(), encoded(page, "TIFF", compression="tiff_deflate").getvalue(), warns,
              mutated(encoded(page, "JPEG").getvalue(), random.Random(1))]
+    Image.init()  # Pillow's formats, registered at the first read, stay registered (their loggers too)
     before = process_state()
     start = threading.Barrier(8)
 
@@ -841,6 +842,35 @@ def test_reading_in_many_threads_leaves_the_process_as_it_was():
     for thread in threads:
         thread.join(timeout=120)  # measured: 3 s in all; a daemon thread: were one to hang, the test fails
     assert not any(thread.is_alive() for thread in threads)
+    assert process_state() == before
+
+
+def test_a_slow_read_in_one_thread_does_not_hold_up_a_read_in_another():
+    """draw.py reads a drawing while a photo that takes most of a second is being read: the two
+    share the quieted settings (one reader at a time, before, made the drawing wait for the photo),
+    which are put back when the last one ends, whichever it is."""
+    page = digit_on(Image.new("L", (40, 30), 255), (10, 5, 30, 25), 3, 0, 2)
+    drawing = encoded(page, "PNG").getvalue()
+    Image.init()  # Pillow's formats, registered at the first read, stay registered (their loggers too)
+    before = process_state()
+    inside, leave = threading.Event(), threading.Event()
+
+    def slow_reader():  # stands for a photo being decoded: inside quiet() until told to leave
+        with image_files.quiet():
+            inside.set()
+            assert leave.wait(60)
+
+    slow = threading.Thread(target=slow_reader, daemon=True)
+    slow.start()
+    assert inside.wait(30)
+    done = []
+    reader = threading.Thread(target=lambda: done.append(ph.read_digit(drawing)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert done, "the drawing waited for the other reader"
+    assert process_state() != before  # still quiet: the slow reader has not left
+    leave.set()
+    slow.join(timeout=30)
     assert process_state() == before
 
 
