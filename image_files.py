@@ -166,8 +166,9 @@ def decoded(f, max_pixels):
 
 
 def check_cost(image, f, pieces_ns, max_pixels):
-    """TooLarge unless an opened image is within max_pixels and its cost, with pieces_ns, within
-    BUDGET_NS; a JPEG is set to be decoded at the smallest scale that keeps WORK_SIDE."""
+    """The cost of reading an opened image, pieces_ns with decoding (nanoseconds, as BUDGET_NS); TooLarge
+    unless it is within max_pixels and BUDGET_NS. A JPEG is set to be decoded at the smallest scale
+    that keeps WORK_SIDE."""
     width, height = image.size
     if width * height > max_pixels:  # the header's size: nothing decoded yet
         raise TooLarge(f"{width}x{height} pixels is more than this reads "
@@ -178,6 +179,21 @@ def check_cost(image, f, pieces_ns, max_pixels):
         limit = (BUDGET_NS - pieces_ns) / (cost / (width * height)) / 1e6
         raise TooLarge(f"{width}x{height} pixels is more than this reads ({limit:.1f} megapixels for this "
                        f"{kind(image, f)}); scale it down first")
+    return pieces_ns + cost
+
+
+def seconds_to_read(data):
+    """What reading the bytes of an image costs by the budget's reckoning, in seconds, from its header
+    and the pieces Pillow walks (as many as the bytes hold: a server looks at small files only); 0
+    for a file refused before decoding, which is as quick to refuse again."""
+    f = io.BytesIO(data)
+    try:
+        with quiet():
+            image, pieces_ns = opened(f)
+            with image:
+                return check_cost(image, f, pieces_ns, MAX_PIXELS) / 1e9
+    except Exception:  # refused, or not an image of the formats read
+        return 0.0
 
 
 def opened(f):

@@ -8,17 +8,20 @@ is 127.0.0.1, so no bound rests on the address: the unit is the connection. Stan
   one between requests), the rest within TIMEOUT seconds however slowly it trickles in, its request
   line and headers within MAX_HEAD bytes.
 - At most MAX_CONNECTIONS are served at once, a thread each. When all are taken, a new one takes
-  the place of the one idle longest, or else of the one whose request has been trickling in longest
-  (sockets held open cannot lock anyone out); when all are busy, it waits in line, with no thread,
-  and the busy ones close after their answer until the line is empty (more clients than places
-  take turns). Past a line of LINE, 503.
+  the place of the one idle longest, or else of the one that has waited longest for the rest of its
+  request, ARRIVING seconds at least (sockets held open cannot lock anyone out; a request arriving
+  at the speed of the machine is not cut off); when none can make room, it waits in line, with no
+  thread, looked at again every POLL seconds, and the busy ones close after their answer until the
+  line is empty (more clients than places take turns). Past a line of LINE, 503.
 - Only requests for this server's own address are answered (Host: 127.0.0.1, localhost or --host,
   with the port), and only POSTs from its own page (Origin): a web page elsewhere cannot use it, even
   by pointing a name of its own at 127.0.0.1 (DNS rebinding). Anything else gets a JSON 403.
-- Images are worked on by AT_ONCE threads. A connection has one image in the queue at most: if it
-  sends anything more while its image waits (a newer image, or it went away), the waiting one is
-  given up. Images take turns by size (see WorkQueue); one that waited WAIT seconds is shed with
-  503, so the oldest go first. Stopping drops what waits at once.
+- Images are worked on by AT_ONCE threads, of which SLOW_AT_ONCE at most on images not known to be
+  quick (draw.py says which are): the others are kept for drawings, which no photo, however slow
+  to read, then holds up. A connection has one image in the queue at most: if it sends anything
+  more while its image waits (a newer image, or it went away), the waiting one is given up. Images
+  take turns by size (see WorkQueue); one that waited WAIT seconds is shed with 503, so the oldest
+  go first. Stopping drops what waits at once.
 """
 import collections
 import http.server
@@ -33,9 +36,12 @@ import time
 TIMEOUT = 10  # seconds a client may take to send a whole request, from its first byte
 IDLE = 2  # seconds a connection may wait before that first byte: a page sends at once
 MAX_HEAD = 64 * 2**10  # bytes of request line and headers together (http.server alone takes ~6 MB)
-MAX_CONNECTIONS = 64  # served at once, a thread each
+MAX_CONNECTIONS = 128  # served at once, a thread each (each may hold a body: 512 MB of draw.py's)
 LINE = 64  # connections waiting for a place when all are busy, with no thread; past them, 503
+ARRIVING = 0.1  # seconds a request must have waited for more bytes before its connection may make room
+POLL = 0.05  # seconds between looks at the line, when no new connection comes
 AT_ONCE = 2  # threads that work on images (one a core): memory stays bounded under any load
+SLOW_AT_ONCE = 1  # of them at most on images not known to be quick: the other is kept for drawings
 WAIT = 5  # seconds an image may wait for a thread before it is shed with 503
 STOP_WAIT = 1  # seconds stopping waits for the images being worked on (photo.py bounds each)
 IDLE_NOW, READING, BUSY = 0, 1, 2  # a connection's state; a new one is BUSY until its thread looks at it
@@ -48,10 +54,11 @@ class HeadTooLarge(Exception):
 class RequestReader(io.RawIOBase):
     """A connection's socket, read against one deadline per request: IDLE seconds for its first
     byte, then TIMEOUT for the rest. The time left is the timeout of each read, so a client sending
-    a byte every few seconds runs out of time all the same."""
+    a byte every few seconds runs out of time all the same. `mark(state)` is told READING while it
+    waits for the rest of a request, BUSY once bytes have come."""
 
-    def __init__(self, sock, on_first_byte):
-        self.sock, self.on_first_byte = sock, on_first_byte
+    def __init__(self, sock, mark):
+        self.sock, self.mark = sock, mark
         self.deadline, self.first, self.peeking = 0.0, True, False
 
     def readable(self):
@@ -69,10 +76,12 @@ class RequestReader(io.RawIOBase):
             if left <= 0:
                 raise TimeoutError("the request did not arrive in time")
             self.sock.settimeout(left)
+            if not self.first:  # waiting for the rest of a request: a slow one may make room for others
+                self.mark(READING)
             n = self.sock.recv_into(buffer)
+            self.mark(BUSY)
         if n and self.first:
             self.first, self.deadline = False, time.monotonic() + TIMEOUT
-            self.on_first_byte()
         return n
 
 
@@ -112,8 +121,8 @@ def readable(socks, timeout=0):
 
 
 class Connections:
-    """The sockets being served, each IDLE_NOW (waiting for a request's first byte), READING (a
-    request is arriving) or BUSY, with the time it became so; and the line of those waiting."""
+    """The sockets being served, each IDLE_NOW (waiting for a request's first byte), READING (waiting
+    for the rest of a request) or BUSY, with the time it became so; and the line of those waiting."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -133,10 +142,13 @@ class Connections:
             return "serve"
 
     def drop_one(self):
-        """Close the connection idle longest, or else the one whose request has been arriving
-        longest; never one with bytes waiting to be read (a request that came before its thread
+        """Close the connection idle longest, or else the one that has waited longest for the rest of
+        its request (ARRIVING seconds at least: bytes coming at the speed of the machine are not
+        cut off); never one with bytes waiting to be read (a request that came before its thread
         read it). False if there is none."""
-        slow = sorted((s for s, state in self.states.items() if state[0] != BUSY), key=self.states.get)
+        since = time.monotonic() - ARRIVING
+        slow = sorted((s for s, (state, start) in self.states.items() if state == IDLE_NOW
+                       or state == READING and start <= since), key=self.states.get)
         sent = set(readable(slow)) if slow else set()
         victim = next((s for s in slow if s not in sent), None)
         if victim is None:
@@ -152,6 +164,17 @@ class Connections:
         with self.lock:
             if sock in self.states:  # not if it was dropped meanwhile
                 self.states[sock] = (state, time.monotonic())
+
+    def make_room(self):
+        """The (socket, address) of those in line that take a place made now (closing idle or slow
+        ones): while all places are busy, those in line wait for one to end, or to become idle
+        or slow; the server looks again between connections taken in."""
+        with self.lock:
+            admitted = []
+            while self.line and self.drop_one():
+                admitted.append(self.line.popleft())
+                self.states[admitted[-1][0]] = (BUSY, time.monotonic())
+            return admitted
 
     def crowded(self):
         """Whether connections wait in line: a busy one then closes after its answer, to make room."""
@@ -185,9 +208,9 @@ class Connections:
 class Job:
     """One image's work: `run` gives (status, JSON-able); `wake` is told when the answer is in."""
 
-    def __init__(self, run, size, wake):
-        self.run, self.wake, self.answer = run, wake, None
-        self.lane = size.bit_length() // 2  # sizes within a factor of 4 share a lane
+    def __init__(self, run, size, wake, quick=False):
+        self.run, self.wake, self.answer, self.quick = run, wake, None, quick
+        self.lane = (not quick, size.bit_length() // 2)  # quick ones apart; sizes within a factor of 4 share a lane
         self.done = threading.Event()
 
     def finish(self, answer):
@@ -203,7 +226,9 @@ class WorkQueue:
     """The images waiting for one of AT_ONCE threads, in lanes by size: the lanes take turns, and in
     each the oldest goes first. What an image costs grows with its size (photo.py bounds its pixels
     by its bytes), so a drawing of a few KB never waits behind a line of 4 MB photos, nor a photo
-    behind a line of drawings.
+    behind a line of drawings. But a few KB may also hold a slow image (an RLE BMP takes 0.8 s):
+    images not known to be quick have lanes of their own, and SLOW_AT_ONCE threads at most, so
+    that a drawing never waits for a slow image's read to end.
 
     The queue holds one image per connection at most, so MAX_CONNECTIONS in all: a lower bound would
     shed images as new ones come, and a client shed at once resends at once, so a few such clients
@@ -211,7 +236,8 @@ class WorkQueue:
 
     def __init__(self, workers):
         self.lanes = collections.defaultdict(collections.deque)
-        self.last_lane = -1
+        self.last_lane = (False, -1)
+        self.slow = 0  # threads working on an image not known to be quick
         self.changed = threading.Condition()
         self.stopped = False
         self.threads = [threading.Thread(target=self.work, name=f"reader-{i}", daemon=True) for i in range(workers)]
@@ -234,21 +260,33 @@ class WorkQueue:
         job.finish(answer)
         return True
 
-    def next_job(self):
+    def ready(self):
+        """The lanes with a job a thread may take now: slow ones only while fewer than SLOW_AT_ONCE
+        threads work on slow images."""
+        slow_allowed = self.slow < SLOW_AT_ONCE
+        return sorted(lane for lane, jobs in self.lanes.items() if jobs and (slow_allowed or not lane[0]))
+
+    def next_job(self, lanes):
         """The oldest job of the lane after the last one served (in turn, round and round)."""
-        lanes = sorted(lane for lane, jobs in self.lanes.items() if jobs)
         self.last_lane = next((lane for lane in lanes if lane > self.last_lane), lanes[0])
         return self.lanes[self.last_lane].popleft()
 
     def work(self):
         while True:
             with self.changed:
-                while not self.stopped and not any(self.lanes.values()):
+                while not self.stopped and not (lanes := self.ready()):
                     self.changed.wait()
                 if self.stopped:
                     return
-                job = self.next_job()
-            job.finish(job.run())
+                job = self.next_job(lanes)
+                self.slow += not job.quick
+            try:
+                job.finish(job.run())
+            finally:
+                if not job.quick:
+                    with self.changed:
+                        self.slow -= 1
+                        self.changed.notify()  # a slow image may wait for a thread that is free
 
     def stop(self):
         """Drop the waiting jobs (answered 503) and let the threads end, waiting for the jobs in
@@ -278,7 +316,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         self.rfile.close()  # http.server's, replaced by one that keeps the deadlines and MAX_HEAD
         connections, connection = self.server.connections, self.connection
-        self.rfile = RequestFile(RequestReader(connection, lambda: connections.mark(connection, READING)))
+        self.rfile = RequestFile(RequestReader(connection, lambda state: connections.mark(connection, state)))
         self.wake = self.woken = None  # a job's answer wakes the wait in answer_in_turn through them
         self.answered = 0  # requests answered on this connection
 
@@ -387,26 +425,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.wants_continue:  # the client waits for this before it sends the body
             self.send_response_only(100)
             self.end_headers()
-        self.server.connections.mark(self.connection, READING)  # a body trickling in may make room for others
         try:
             body = self.rfile.read(int(digits))
         except TimeoutError:
             return self.send(408, {"error": "the image did not arrive in time"})
         if len(body) < int(digits):
             return None  # the client went away
-        self.server.connections.mark(self.connection, BUSY)
         self.close_connection = asked_to_close
         return body
 
-    def answer_in_turn(self, run, size):
+    def answer_in_turn(self, run, size, quick=False):
         """Send the answer of run() (status, JSON-able) for a body of `size` bytes, worked on in its
-        turn. Given up (503) if the client sends anything more first, or it waits WAIT seconds."""
+        turn (`quick`: known to take a few milliseconds, such as a drawing). Given up (503) if the
+        client sends anything more first, or it waits WAIT seconds."""
         superseded = (503, {"error": "a newer request came on this connection: this image was not read"})
         if self.rfile.has_more():  # two requests at once: the newer one wins
             return self.send(*superseded)
         if not self.wake:
             self.wake, self.woken = socket.socketpair()
-        job = Job(run, size, self.wake)
+        job = Job(run, size, self.wake, quick)
         self.server.work.submit(job)
         end = time.monotonic() + WAIT
         while not job.done.is_set():
@@ -465,9 +502,14 @@ class Server(http.server.ThreadingHTTPServer):
         except KeyboardInterrupt as stop:  # raised here, socketserver would close the socket under
             self.stopped_by = stop  # its new thread: it is raised just after, from service_actions
 
-    def service_actions(self):  # serve_forever's, after each connection taken in
+    def serve_forever(self, poll_interval=POLL):
+        super().serve_forever(poll_interval)
+
+    def service_actions(self):  # serve_forever's, after each connection taken in and every poll_interval
         if self.stopped_by:
             raise self.stopped_by
+        for waiting in self.connections.make_room():
+            self.start_thread(*waiting)
 
     def start_thread(self, request, client_address):
         try:

@@ -240,6 +240,7 @@ def main():
     p.add_argument("--requests", type=int, default=400, help="requests in each round (default: 400)")
     p.add_argument("--rounds", type=int, default=5, help="throughput rounds, for a median (default: 5; 0: none)")
     p.add_argument("--seconds", type=float, default=10, help="most seconds of each hostile load (default: 10)")
+    p.add_argument("--only", default="", help="run the hostile loads whose name holds this text (default: all)")
     args = p.parse_args()
     server, port = start_server(args.checkpoint)
     stopped = None
@@ -263,20 +264,26 @@ def main():
         bmp, drawing, photo = rle_bmp(largest_read(rle_bmp)), serpentine(), photo_png()
         print(f"honest client, one drawing at a time on a new connection, beside each load "
               f"(at most {HONEST} requests or {args.seconds:g} s):", flush=True)
-        hostile("alone", nothing, port, args.seconds)
-        hostile("70 idle sockets, reopened when dropped", idle_sockets, port, args.seconds, 70)
-        hostile("70 sockets sending a byte a second", idle_sockets, port, args.seconds, 70, b"GET / HTTP/1.1\r\nX: ")
-        hostile(f"2 clients posting a {len(markers) // 1000} KB JPEG of empty markers "
-                f"({seconds_to_read(markers):.2f} s alone)",
-                posting, port, args.seconds, 2, markers)
-        hostile(f"2 clients posting a {len(bmp) // 1000} KB RLE BMP ({seconds_to_read(bmp):.2f} s alone)",
-                posting, port, args.seconds, 2, bmp)
-        hostile(f"60 clients posting a {len(drawing)}-byte serpentine ({seconds_to_read(drawing):.2f} s alone)",
-                posting, port, args.seconds, 60, drawing)
-        hostile(f"60 clients posting a {len(photo) / 1e6:.1f} MB photo ({seconds_to_read(photo):.2f} s alone)",
-                posting, port, args.seconds, 60, photo)
-        hostile("100 clients getting / in a loop", posting, port, args.seconds, 100, None)
-        hostile("100 clients posting the drawing in a loop", posting, port, args.seconds, 100, body)
+        loads = [
+            ("alone", nothing),
+            ("70 idle sockets, reopened when dropped", idle_sockets, 70),
+            ("70 sockets sending a byte a second", idle_sockets, 70, b"GET / HTTP/1.1\r\nX: "),
+            (f"2 clients posting a {len(markers) // 1000} KB JPEG of empty markers "
+             f"({seconds_to_read(markers):.2f} s alone)", posting, 2, markers),
+            (f"2 clients posting a {len(bmp) // 1000} KB RLE BMP ({seconds_to_read(bmp):.2f} s alone)",
+             posting, 2, bmp),
+            (f"60 clients posting a {len(drawing)}-byte serpentine ({seconds_to_read(drawing):.2f} s alone)",
+             posting, 60, drawing),
+            (f"60 clients posting a {len(photo) / 1e6:.1f} MB photo ({seconds_to_read(photo):.2f} s alone)",
+             posting, 60, photo),
+            ("100 clients getting / in a loop", posting, 100, None),
+            ("100 clients posting the drawing in a loop", posting, 100, body),
+        ]
+        for name, target, *load_args in loads:
+            if args.only in name:
+                hostile(name, target, port, args.seconds, *load_args)
+        if args.only not in "Ctrl-C":
+            return
 
         stop = multiprocessing.Event()  # Ctrl-C with slow images waiting, as many as clients send
         process = multiprocessing.Process(target=posting, args=(port, stop, 60, markers), daemon=True)
