@@ -25,7 +25,6 @@ import torch
 import checkpoint
 import cli
 import evidence
-import image_files
 import photo
 import runs
 import serving
@@ -35,8 +34,8 @@ HOST = "127.0.0.1"  # loopback: only this machine can reach the page
 PORT = 8000
 MAX_BODY = 4 * 2**20  # bytes; a phone photo is 2-5 MB as JPEG
 MAX_PIXELS = 50_000_000  # a decoded image costs up to 4 bytes a pixel: bounded per request
-QUICK_BYTES = 16 * 2**10  # an image this small, whose header promises a read of under QUICK seconds,
-QUICK = 0.02  # may be read on the thread kept for drawings (serving.SLOW_AT_ONCE); a drawing: 1 KB, 3 ms
+QUICK_BYTES = 8 * 2**10  # an image this small, whose header promises a read of under QUICK seconds, is
+QUICK = 0.02  # quick: no slow image keeps it waiting (serving.SLOW_AT_ONCE); a drawing is 1 KB, 3 ms
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/draw.css": ("draw.css", "text/css; charset=utf-8"),
          "/draw.js": ("draw.js", "text/javascript; charset=utf-8")}  # what is served: nothing else
@@ -67,7 +66,7 @@ def predict(model, device, body):
 def quick_to_read(body):
     """Whether an image is known to read in under QUICK seconds, from its header; a larger one than
     QUICK_BYTES is not looked at (the header of a 4 MB file may take a while to walk)."""
-    return len(body) <= QUICK_BYTES and image_files.seconds_to_read(body) < QUICK
+    return len(body) <= QUICK_BYTES and photo.seconds_to_read(body) < QUICK
 
 
 def make_server(model, device, host=HOST, port=PORT):
@@ -89,7 +88,7 @@ def make_server(model, device, host=HOST, port=PORT):
                 return self.send(404, {"error": f"no endpoint at {self.path[:100]}"})
             body = self.read_body(MAX_BODY)
             if body is not None:
-                self.answer_in_turn(lambda: predict(model, device, body), len(body), quick_to_read(body))
+                self.answer_in_turn(lambda: predict(model, device, body), len(body), lambda: quick_to_read(body))
 
     return serving.Server((host, port), Handler)
 

@@ -80,9 +80,11 @@ class Quiet:
     pixel than can be decoded', which logging's last resort prints) and what libtiff prints to
     stderr itself are kept from the user while a file is read: photo.read_digit's one line says it
     all. Each is a setting of the whole process, so the first reader in changes them and the last
-    one out puts them back; readers in other threads meanwhile share them (draw.py reads a drawing
-    while a slow photo is being read). catch_warnings entered by each reader is not thread-safe:
-    600 reads in 8 threads left its filter behind for good."""
+    one out puts them back, in whichever thread; readers in other threads meanwhile share them
+    (draw.py reads a drawing while a slow photo is being read). catch_warnings entered by each
+    reader is not thread-safe: 600 reads in 8 threads left its filter behind for good. (Python's
+    warnings filters are the process's up to 3.13; 3.14's context-aware warnings, the default of its
+    free-threaded build only, would keep them per thread.)"""
 
     def __init__(self):
         self.lock, self.readers, self.put_back = threading.Lock(), 0, None
@@ -107,16 +109,22 @@ def quieted():
                if name.startswith("PIL.") and isinstance(logger, logging.Logger)]
     caught = warnings.catch_warnings()
     caught.__enter__()
-    warnings.filterwarnings("ignore", module=r"PIL\.")
-    disabled, handlers = [logger.disabled for logger in loggers], libtiff_handlers(None, None)
+    try:
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        disabled, handlers = [logger.disabled for logger in loggers], libtiff_handlers(None, None)
+    except BaseException:
+        caught.__exit__(None, None, None)
+        raise
     for logger in loggers:
         logger.disabled = True
 
     def put_back():
-        for logger, was in zip(loggers, disabled):
-            logger.disabled = was
-        libtiff_handlers(*handlers)
-        caught.__exit__(None, None, None)
+        try:
+            for logger, was in zip(loggers, disabled):
+                logger.disabled = was
+            libtiff_handlers(*handlers)
+        finally:
+            caught.__exit__(None, None, None)
     return put_back
 
 
@@ -182,18 +190,21 @@ def check_cost(image, f, pieces_ns, max_pixels):
     return pieces_ns + cost
 
 
-def seconds_to_read(data):
-    """What reading the bytes of an image costs by the budget's reckoning, in seconds, from its header
-    and the pieces Pillow walks (as many as the bytes hold: a server looks at small files only); 0
-    for a file refused before decoding, which is as quick to refuse again."""
+def read_cost(data):
+    """(seconds, pixels): what decoding the bytes of an image costs by the budget's reckoning, from
+    its header and the pieces Pillow walks (as many as the bytes hold: a server looks at small
+    files only), and the pixels it has once reduced to WORK_SIDE. (0, 0) for a file refused before
+    decoding, which is as quick to refuse again."""
     f = io.BytesIO(data)
     try:
         with quiet():
             image, pieces_ns = opened(f)
             with image:
-                return check_cost(image, f, pieces_ns, MAX_PIXELS) / 1e9
+                cost = check_cost(image, f, pieces_ns, MAX_PIXELS)
+                factor = -(-max(image.size) // WORK_SIDE)
+                return cost / 1e9, -(-image.width // factor) * -(-image.height // factor)
     except Exception:  # refused, or not an image of the formats read
-        return 0.0
+        return 0.0, 0
 
 
 def opened(f):

@@ -8,11 +8,12 @@ is 127.0.0.1, so no bound rests on the address: the unit is the connection. Stan
   one between requests), the rest within TIMEOUT seconds however slowly it trickles in, its request
   line and headers within MAX_HEAD bytes.
 - At most MAX_CONNECTIONS are served at once, a thread each. When all are taken, a new one takes
-  the place of the one idle longest, or else of the one that has waited longest for the rest of its
-  request, ARRIVING seconds at least (sockets held open cannot lock anyone out; a request arriving
-  at the speed of the machine is not cut off); when none can make room, it waits in line, with no
-  thread, looked at again every POLL seconds, and the busy ones close after their answer until the
-  line is empty (more clients than places take turns). Past a line of LINE, 503.
+  the place of the one idle longest, or else of the one whose request began longest ago and is
+  still arriving, ARRIVING seconds at least either way (sockets held open or trickling cannot lock
+  anyone out; a request arriving at the speed of the machine is not cut off); when none can make
+  room, it waits in line, with no thread, looked at again every POLL seconds, and the busy ones
+  close after their answer until the line is empty (more clients than places take turns). Past a
+  line of LINE, 503.
 - Only requests for this server's own address are answered (Host: 127.0.0.1, localhost or --host,
   with the port), and only POSTs from its own page (Origin): a web page elsewhere cannot use it, even
   by pointing a name of its own at 127.0.0.1 (DNS rebinding). Anything else gets a JSON 403.
@@ -54,11 +55,11 @@ class HeadTooLarge(Exception):
 class RequestReader(io.RawIOBase):
     """A connection's socket, read against one deadline per request: IDLE seconds for its first
     byte, then TIMEOUT for the rest. The time left is the timeout of each read, so a client sending
-    a byte every few seconds runs out of time all the same. `mark(state)` is told READING while it
-    waits for the rest of a request, BUSY once bytes have come."""
+    a byte every few seconds runs out of time all the same. `connections` is told when it waits for
+    bytes and when a request has begun."""
 
-    def __init__(self, sock, mark):
-        self.sock, self.mark = sock, mark
+    def __init__(self, sock, connections):
+        self.sock, self.connections = sock, connections
         self.deadline, self.first, self.peeking = 0.0, True, False
 
     def readable(self):
@@ -76,12 +77,14 @@ class RequestReader(io.RawIOBase):
             if left <= 0:
                 raise TimeoutError("the request did not arrive in time")
             self.sock.settimeout(left)
-            if not self.first:  # waiting for the rest of a request: a slow one may make room for others
-                self.mark(READING)
-            n = self.sock.recv_into(buffer)
-            self.mark(BUSY)
+            self.connections.waiting(self.sock, True)  # while it waits, it may make room for others
+            try:
+                n = self.sock.recv_into(buffer)
+            finally:
+                self.connections.waiting(self.sock, False)
         if n and self.first:
             self.first, self.deadline = False, time.monotonic() + TIMEOUT
+            self.connections.mark(self.sock, READING)
         return n
 
 
@@ -121,12 +124,14 @@ def readable(socks, timeout=0):
 
 
 class Connections:
-    """The sockets being served, each IDLE_NOW (waiting for a request's first byte), READING (waiting
-    for the rest of a request) or BUSY, with the time it became so; and the line of those waiting."""
+    """The sockets being served, each IDLE_NOW (waiting for a request's first byte), READING (a
+    request, or its body, is arriving) or BUSY, with the time it became so; those whose thread
+    waits for bytes now; and the line of those waiting for a place."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.states = {}  # socket -> (state, since)
+        self.blocked = set()  # sockets whose thread waits for bytes from them now
         self.line = collections.deque()  # (socket, address) waiting for a place
 
     def admit(self, sock, address):
@@ -142,13 +147,15 @@ class Connections:
             return "serve"
 
     def drop_one(self):
-        """Close the connection idle longest, or else the one that has waited longest for the rest of
-        its request (ARRIVING seconds at least: bytes coming at the speed of the machine are not
-        cut off); never one with bytes waiting to be read (a request that came before its thread
+        """Close the connection idle longest, or else the one whose request began longest ago, among
+        those whose thread waits for bytes from them now, for a request that began (or a wait for
+        one) ARRIVING seconds ago at least: a request arriving at the speed of the machine, or a
+        connection just given its place, is not cut off; one trickling in is, however often its
+        bytes come. Never one with bytes waiting to be read (a request that came before its thread
         read it). False if there is none."""
         since = time.monotonic() - ARRIVING
-        slow = sorted((s for s, (state, start) in self.states.items() if state == IDLE_NOW
-                       or state == READING and start <= since), key=self.states.get)
+        slow = sorted((s for s, (state, start) in self.states.items()
+                       if state != BUSY and start <= since and s in self.blocked), key=self.states.get)
         sent = set(readable(slow)) if slow else set()
         victim = next((s for s in slow if s not in sent), None)
         if victim is None:
@@ -165,10 +172,15 @@ class Connections:
             if sock in self.states:  # not if it was dropped meanwhile
                 self.states[sock] = (state, time.monotonic())
 
+    def waiting(self, sock, now):
+        """Whether the thread of `sock` waits for bytes from it `now`."""
+        with self.lock:
+            (self.blocked.add if now else self.blocked.discard)(sock)
+
     def make_room(self):
         """The (socket, address) of those in line that take a place made now (closing idle or slow
         ones): while all places are busy, those in line wait for one to end, or to become idle
-        or slow; the server looks again between connections taken in."""
+        or slow; the server looks again after each connection taken in, and every POLL seconds."""
         with self.lock:
             admitted = []
             while self.line and self.drop_one():
@@ -281,12 +293,21 @@ class WorkQueue:
                 job = self.next_job(lanes)
                 self.slow += not job.quick
             try:
-                job.finish(job.run())
+                job.finish(self.answer(job))
             finally:
                 if not job.quick:
                     with self.changed:
                         self.slow -= 1
                         self.changed.notify()  # a slow image may wait for a thread that is free
+
+    @staticmethod
+    def answer(job):
+        """job.run(), or a 500 and one line if it fails: its connection waits for an answer."""
+        try:
+            return job.run()
+        except Exception as e:
+            print(f"draw.py: an image's work failed: {e!r}"[:300], file=sys.stderr)
+            return 500, {"error": "could not read this image"}
 
     def stop(self):
         """Drop the waiting jobs (answered 503) and let the threads end, waiting for the jobs in
@@ -316,7 +337,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         self.rfile.close()  # http.server's, replaced by one that keeps the deadlines and MAX_HEAD
         connections, connection = self.server.connections, self.connection
-        self.rfile = RequestFile(RequestReader(connection, lambda state: connections.mark(connection, state)))
+        self.rfile = RequestFile(RequestReader(connection, connections))
         self.wake = self.woken = None  # a job's answer wakes the wait in answer_in_turn through them
         self.answered = 0  # requests answered on this connection
 
@@ -425,25 +446,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.wants_continue:  # the client waits for this before it sends the body
             self.send_response_only(100)
             self.end_headers()
+        self.server.connections.mark(self.connection, READING)  # a body trickling in may make room for others
         try:
             body = self.rfile.read(int(digits))
         except TimeoutError:
             return self.send(408, {"error": "the image did not arrive in time"})
         if len(body) < int(digits):
             return None  # the client went away
+        self.server.connections.mark(self.connection, BUSY)
         self.close_connection = asked_to_close
         return body
 
-    def answer_in_turn(self, run, size, quick=False):
+    def answer_in_turn(self, run, size, quick=lambda: False):
         """Send the answer of run() (status, JSON-able) for a body of `size` bytes, worked on in its
-        turn (`quick`: known to take a few milliseconds, such as a drawing). Given up (503) if the
-        client sends anything more first, or it waits WAIT seconds."""
+        turn; quick() says whether it is known to take a few milliseconds (a drawing), asked only
+        if it is to be worked on. Given up (503) if the client sends anything more first, or it
+        waits WAIT seconds."""
         superseded = (503, {"error": "a newer request came on this connection: this image was not read"})
         if self.rfile.has_more():  # two requests at once: the newer one wins
             return self.send(*superseded)
         if not self.wake:
             self.wake, self.woken = socket.socketpair()
-        job = Job(run, size, self.wake, quick)
+        job = Job(run, size, self.wake, quick())
         self.server.work.submit(job)
         end = time.monotonic() + WAIT
         while not job.done.is_set():

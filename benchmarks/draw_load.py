@@ -128,9 +128,9 @@ def honest(port, body, count=HONEST, pause=0.1):
 # Hostile loads: each runs in a process of its own (so that its threads do not slow the honest
 # client's own measurements) until `stop` is set, on loopback only.
 
-def idle_sockets(port, stop, count, start=b""):
-    """`count` connections that send `start` and then nothing (or a byte a second, when `start` is
-    given), each opened again as soon as the server closes it."""
+def idle_sockets(port, stop, count, start=b"", every=1.0):
+    """`count` connections that send `start` and then nothing (or a byte every `every` seconds, when
+    `start` is given), each opened again as soon as the server closes it."""
     sockets = set()
     last_drip = time.monotonic()
     while not stop.is_set():
@@ -144,7 +144,7 @@ def idle_sockets(port, stop, count, start=b""):
         for s in select.select(list(sockets), [], [], 0.05)[0]:  # answered or closed: open another
             sockets.discard(s)
             s.close()
-        if start and time.monotonic() - last_drip >= 1:
+        if start and time.monotonic() - last_drip >= every:
             last_drip = time.monotonic()
             for s in list(sockets):
                 try:
@@ -268,6 +268,7 @@ def main():
             ("alone", nothing),
             ("70 idle sockets, reopened when dropped", idle_sockets, 70),
             ("70 sockets sending a byte a second", idle_sockets, 70, b"GET / HTTP/1.1\r\nX: "),
+            ("70 sockets sending a byte every 50 ms", idle_sockets, 70, b"GET / HTTP/1.1\r\nX: ", 0.05),
             (f"2 clients posting a {len(markers) // 1000} KB JPEG of empty markers "
              f"({seconds_to_read(markers):.2f} s alone)", posting, 2, markers),
             (f"2 clients posting a {len(bmp) // 1000} KB RLE BMP ({seconds_to_read(bmp):.2f} s alone)",

@@ -475,7 +475,8 @@ def test_a_connection_with_a_request_not_yet_read_is_not_taken_for_idle():
     connections, pairs = serving.Connections(), [socket.socketpair() for _ in range(3)]
     for server_end, client_end in pairs:
         client_end.settimeout(10)
-        connections.states[server_end] = (serving.IDLE_NOW, time.monotonic())
+        connections.states[server_end] = (serving.IDLE_NOW, time.monotonic() - 1)  # idle for a second,
+        connections.blocked.add(server_end)  # its thread waiting for a first byte
     pairs[0][1].sendall(b"GET / HTTP/1.1\r\n")  # the oldest: a request has come
     assert connections.drop_one()
     assert pairs[1][1].recv(1) == b"" and pairs[1][0] not in connections.states  # the next oldest made room
@@ -536,12 +537,47 @@ def test_a_request_still_arriving_is_not_cut_off_to_make_room(trained, monkeypat
             assert answer_on(newcomer)[0] == 200
 
 
+def test_connections_trickling_a_byte_every_few_milliseconds_make_room_too(trained, monkeypatch):
+    """A byte every 20 ms, faster than ARRIVING: each wait for the next byte is short, but the request
+    began long ago. Before, such connections kept their places until TIMEOUT (a new one waited 9.5 s
+    with a byte every 50 ms)."""
+    monkeypatch.setattr(serving, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(serving, "TIMEOUT", 60)
+    with serve(trained[0] / "model.pt") as (port, httpd):
+        stop, tricklers = threading.Event(), [socket.create_connection(("127.0.0.1", port), timeout=30)
+                                              for _ in range(2)]
+
+        def trickle(s):
+            s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+            while not stop.wait(0.02):
+                try:
+                    s.sendall(b"x")
+                except OSError:  # dropped: the test goes on
+                    return
+
+        threads = [threading.Thread(target=trickle, args=(s,), daemon=True) for s in tricklers]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: len(states(httpd, serving.READING)) == 2, "both trickling")
+            assert request(port, "GET", "/draw.css")[0] == 200  # http.client's timeout: 30 s
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            for s in tricklers:
+                s.close()
+
+
 def test_a_connection_given_a_place_is_left_time_to_send_its_request_while_others_wait(trained, monkeypatch):
-    """A new connection that has sent nothing yet is not closed to make room for those in line (only a
-    kept-alive one is): its request may be on its way."""
+    """A new connection that has sent nothing yet is not closed to make room for those in line before
+    it has waited ARRIVING seconds: its request may be on its way. (The line is looked at every
+    POLL seconds: before, one given its place was dropped at the next look, 0.05 s later.)"""
     monkeypatch.setattr(serving, "MAX_CONNECTIONS", 1)
     monkeypatch.setattr(serving, "LINE", 2)
     monkeypatch.setattr(serving, "IDLE", 60)
+    monkeypatch.setattr(serving, "ARRIVING", 60)
+    monkeypatch.setattr(serving, "POLL", 0.01)
     with serve(trained[0] / "model.pt") as (port, httpd), Held(monkeypatch) as held:
         busy = socket.create_connection(("127.0.0.1", port), timeout=30)
         busy.sendall(post(port))
@@ -554,6 +590,7 @@ def test_a_connection_given_a_place_is_left_time_to_send_its_request_while_other
         held.release()
         assert answer_on(busy)[0] == 200  # then closed: its place goes to the first in line
         wait_until(lambda: len(states(httpd, serving.IDLE_NOW)) == 1, "quiet in its place")
+        time.sleep(0.2)  # 20 looks at the line, with `last` in it: quiet keeps its place
         quiet.sendall(b"GET /draw.css HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
         assert answer_on(quiet)[0] == 200
         assert answer_on(last)[0] == 200
@@ -618,8 +655,7 @@ def test_slow_images_take_one_thread_at_most_the_other_is_kept_for_drawings():
     drawing waited for one of them: 0.8-1 s (draw_load.py). Images not known to be quick now take
     SLOW_AT_ONCE of the AT_ONCE threads at most."""
     assert serving.SLOW_AT_ONCE < serving.AT_ONCE
-    work, gate, started = serving.WorkQueue(serving.AT_ONCE), threading.Event(), []
-    wakes = [socket.socketpair() for _ in range(4)]
+    work, gate, started, wakes = serving.WorkQueue(serving.AT_ONCE), threading.Event(), [], []
 
     def job(name, quick, size):
         def run():
@@ -627,7 +663,8 @@ def test_slow_images_take_one_thread_at_most_the_other_is_kept_for_drawings():
             if not quick:
                 assert gate.wait(30), "held for 30 s: the test gave up"
             return 200, name
-        return serving.Job(run, size, wakes[len(started)][0], quick)
+        wakes.append(socket.socketpair())
+        return serving.Job(run, size, wakes[-1][0], quick)
 
     try:
         slow = [job("slow 1", False, 6000), job("slow 2", False, 6000)]
@@ -637,6 +674,7 @@ def test_slow_images_take_one_thread_at_most_the_other_is_kept_for_drawings():
             drawing = job(name, True, 900)
             work.submit(drawing)
             assert drawing.done.wait(30) and drawing.answer == (200, name)
+        wait_until(lambda: "slow 1" in started, "the first slow one started")
         assert sorted(started) == ["drawing 1", "drawing 2", "slow 1"]  # the second slow one waits its turn
         gate.set()
         assert all(one.done.wait(30) for one in slow)
@@ -669,6 +707,50 @@ def test_a_drawing_is_answered_while_slow_images_are_read(trained, monkeypatch):
         for s in clients:
             assert answer_on(s)[0] in (200, 400)
             s.close()
+
+
+def test_a_job_that_fails_is_answered_500_and_its_thread_goes_on(capfd):
+    work, wakes = serving.WorkQueue(1), [socket.socketpair() for _ in range(2)]
+    try:
+        failing = serving.Job(lambda: 1 / 0, 900, wakes[0][0], quick=True)
+        work.submit(failing)
+        assert failing.done.wait(30) and failing.answer[0] == 500
+        after = serving.Job(lambda: (200, "read"), 900, wakes[1][0], quick=True)
+        work.submit(after)
+        assert after.done.wait(30) and after.answer == (200, "read")  # the one thread still works
+    finally:
+        work.stop()
+        for pair in wakes:
+            for end in pair:
+                end.close()
+    assert capfd.readouterr().err.strip() == "draw.py: an image's work failed: ZeroDivisionError('division by zero')"
+
+
+def test_the_header_is_looked_at_only_for_an_image_to_be_read(trained, monkeypatch):
+    """A client sending two images at once: the first is given up before anything looks at it (a
+    look at a small file's header takes up to a few ms, in the connection's own thread)."""
+    looked = []
+    real = draw.quick_to_read
+    monkeypatch.setattr(draw, "quick_to_read", lambda body: looked.append(body) or real(body))
+    drawing = stroke_one()
+    second = png(Image.new("L", (300, 300), "white"))
+    with serve(trained[0] / "model.pt") as (port, _), socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(post(port, drawing) + post(port, second))
+        assert answer_on(s)[0] == 503
+        assert answer_on(s)[1]["error"] == "draw a digit first"
+    assert looked == [second]
+
+
+def test_an_image_slow_to_clean_up_is_not_taken_for_quick():
+    """Its header says little: a line winding across 1000x1000 pixels (722 bytes) is decoded in 12 ms
+    and cleaned up in 55 more; a drawing from the page, 3 ms in all."""
+    image = Image.new("1", (1000, 1000), 0)
+    for y in range(2, 990, 24):
+        ImageDraw.Draw(image).rectangle([2, y, 997, y + 11], fill=1)
+    winding = png(image)
+    assert len(winding) < draw.QUICK_BYTES
+    assert draw.quick_to_read(PNG) and not draw.quick_to_read(winding)
+    assert photo.seconds_to_read(winding) > 3 * draw.QUICK > 3 * photo.seconds_to_read(PNG)
 
 
 def test_an_image_that_waits_too_long_is_shed_with_503(trained, monkeypatch):

@@ -820,7 +820,7 @@ def process_state():
 
 def test_reading_in_many_threads_leaves_the_process_as_it_was():
     """draw.py reads images in several threads at once; Pillow's warnings, logging and libtiff are
-    quieted around each read and put back, one reader at a time (600 reads at once left a
+    quieted around the reads and put back after the last (600 reads at once left a
     warnings filter behind for good with catch_warnings alone, in 3 runs of 3)."""
     page = digit_on(Image.new("L", (40, 30), 255), (10, 5, 30, 25), 3, 0, 2)
     warns = tiff([grey_tiff_directory(page) + [(296, 3, 2)]], page.tobytes())  # ResolutionUnit: fine
@@ -847,7 +847,7 @@ def test_reading_in_many_threads_leaves_the_process_as_it_was():
 
 def test_a_slow_read_in_one_thread_does_not_hold_up_a_read_in_another():
     """draw.py reads a drawing while a photo that takes most of a second is being read: the two
-    share the quieted settings (one reader at a time, before, made the drawing wait for the photo),
+    share the quieted settings (one reader at a time, as before, made the drawing wait for the photo),
     which are put back when the last one ends, whichever it is."""
     page = digit_on(Image.new("L", (40, 30), 255), (10, 5, 30, 25), 3, 0, 2)
     drawing = encoded(page, "PNG").getvalue()
@@ -862,15 +862,17 @@ def test_a_slow_read_in_one_thread_does_not_hold_up_a_read_in_another():
 
     slow = threading.Thread(target=slow_reader, daemon=True)
     slow.start()
-    assert inside.wait(30)
-    done = []
-    reader = threading.Thread(target=lambda: done.append(ph.read_digit(drawing)), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    assert done, "the drawing waited for the other reader"
-    assert process_state() != before  # still quiet: the slow reader has not left
-    leave.set()
-    slow.join(timeout=30)
+    try:
+        assert inside.wait(30)
+        done = []
+        reader = threading.Thread(target=lambda: done.append(ph.read_digit(drawing)), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert done, "the drawing waited for the other reader"
+        assert process_state() != before  # still quiet: the slow reader has not left
+    finally:
+        leave.set()
+        slow.join(timeout=30)
     assert process_state() == before
 
 
