@@ -9,11 +9,12 @@ is 127.0.0.1, so no bound rests on the address: the unit is the connection. Stan
   line and headers within MAX_HEAD bytes.
 - At most MAX_CONNECTIONS are served at once, a thread each. When all are taken, a new one takes
   the place of the one idle longest, or else of the one whose request began longest ago and is
-  still arriving, ARRIVING seconds at least either way (sockets held open or trickling cannot lock
-  anyone out; a request arriving at the speed of the machine is not cut off); when none can make
-  room, it waits in line, with no thread, looked at again every POLL seconds, and the busy ones
-  close after their answer until the line is empty (more clients than places take turns). Past a
-  line of LINE, 503.
+  still arriving slower than MIN_RATE, ARRIVING seconds at least either way, its thread waiting
+  for bytes with none unread (sockets held open or trickling cannot lock anyone out; a request
+  arriving at the speed of the machine, or an upload, is not cut off); when none can make room, it
+  waits in line, with no thread, looked at again every POLL seconds, and the busy ones close after
+  their answer until the line is empty (more clients than places take turns). Past a line of
+  LINE, 503. An answer not taken within IDLE seconds is given up.
 - Only requests for this server's own address are answered (Host: 127.0.0.1, localhost or --host,
   with the port), and only POSTs from its own page (Origin): a web page elsewhere cannot use it, even
   by pointing a name of its own at 127.0.0.1 (DNS rebinding). Anything else gets a JSON 403.
@@ -39,7 +40,8 @@ IDLE = 2  # seconds a connection may wait before that first byte: a page sends a
 MAX_HEAD = 64 * 2**10  # bytes of request line and headers together (http.server alone takes ~6 MB)
 MAX_CONNECTIONS = 128  # served at once, a thread each (each may hold a body: 512 MB of draw.py's)
 LINE = 64  # connections waiting for a place when all are busy, with no thread; past them, 503
-ARRIVING = 0.1  # seconds a request must have waited for more bytes before its connection may make room
+ARRIVING = 0.1  # seconds a request (or a wait for one) must have lasted before its connection may make room,
+MIN_RATE = 2**20  # and bytes a second it must be arriving slower than: a trickle, not an upload
 POLL = 0.05  # seconds between looks at the line, when no new connection comes
 AT_ONCE = 2  # threads that work on images (one a core): memory stays bounded under any load
 SLOW_AT_ONCE = 1  # of them at most on images not known to be quick: the other is kept for drawings
@@ -61,6 +63,7 @@ class RequestReader(io.RawIOBase):
     def __init__(self, sock, connections):
         self.sock, self.connections = sock, connections
         self.deadline, self.first, self.peeking = 0.0, True, False
+        self.began, self.received = 0.0, 0  # the request's first byte, and its bytes so far
 
     def readable(self):
         return True
@@ -74,18 +77,29 @@ class RequestReader(io.RawIOBase):
                 return None
         else:
             left = self.deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not (readable([self.sock]) or self.wait(left)):
                 raise TimeoutError("the request did not arrive in time")
-            self.sock.settimeout(left)
-            self.connections.waiting(self.sock, True)  # while it waits, it may make room for others
-            try:
-                n = self.sock.recv_into(buffer)
-            finally:
-                self.connections.waiting(self.sock, False)
+            self.sock.settimeout(max(left, 0.01))
+            n = self.sock.recv_into(buffer)
         if n and self.first:
-            self.first, self.deadline = False, time.monotonic() + TIMEOUT
+            self.first, self.deadline, self.began = False, time.monotonic() + TIMEOUT, time.monotonic()
             self.connections.mark(self.sock, READING)
+        self.received += n or 0
         return n
+
+    def wait(self, seconds):
+        """Wait up to `seconds` for bytes from the client (or its end), True if they came. Meanwhile
+        the connection may be closed to make room for others if what it sends is slow: nothing yet,
+        or fewer than MIN_RATE bytes a second since its request began. The bytes are read only once
+        it is out of Connections.blocked: a request taken in is never cut off unanswered."""
+        slow = self.first or self.received < MIN_RATE * (time.monotonic() - self.began)
+        if slow:
+            self.connections.waiting(self.sock, True)
+        try:
+            return bool(readable([self.sock], seconds))
+        finally:
+            if slow:
+                self.connections.waiting(self.sock, False)
 
 
 class RequestFile(io.BufferedReader):
@@ -95,7 +109,7 @@ class RequestFile(io.BufferedReader):
 
     def start(self):
         """A new request: IDLE seconds for its first byte, and its head may take MAX_HEAD bytes."""
-        self.raw.deadline, self.raw.first = time.monotonic() + IDLE, True
+        self.raw.deadline, self.raw.first, self.raw.received = time.monotonic() + IDLE, True, 0
         self.head_left = MAX_HEAD
 
     def readline(self, size=-1):
@@ -131,7 +145,7 @@ class Connections:
     def __init__(self):
         self.lock = threading.Lock()
         self.states = {}  # socket -> (state, since)
-        self.blocked = set()  # sockets whose thread waits for bytes from them now
+        self.blocked = set()  # sockets whose thread waits for bytes from them now, slow to come
         self.line = collections.deque()  # (socket, address) waiting for a place
 
     def admit(self, sock, address):
@@ -148,11 +162,11 @@ class Connections:
 
     def drop_one(self):
         """Close the connection idle longest, or else the one whose request began longest ago, among
-        those whose thread waits for bytes from them now, for a request that began (or a wait for
-        one) ARRIVING seconds ago at least: a request arriving at the speed of the machine, or a
-        connection just given its place, is not cut off; one trickling in is, however often its
-        bytes come. Never one with bytes waiting to be read (a request that came before its thread
-        read it). False if there is none."""
+        those whose thread waits now for bytes slow to come (none yet, or under MIN_RATE a second),
+        for a request that began (or a wait for one) ARRIVING seconds ago at least: a request
+        arriving at the speed of the machine, an upload, or a connection just given its place is
+        not cut off; one trickling in is, however often its bytes come. Never one with bytes
+        waiting to be read (a request that came before its thread read it). False if none."""
         since = time.monotonic() - ARRIVING
         slow = sorted((s for s, (state, start) in self.states.items()
                        if state != BUSY and start <= since and s in self.blocked), key=self.states.get)
@@ -173,7 +187,7 @@ class Connections:
                 self.states[sock] = (state, time.monotonic())
 
     def waiting(self, sock, now):
-        """Whether the thread of `sock` waits for bytes from it `now`."""
+        """Whether the thread of `sock` waits `now` for bytes from it that are slow to come."""
         with self.lock:
             (self.blocked.add if now else self.blocked.discard)(sock)
 
@@ -400,7 +414,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = json.dumps(body).encode()
         if self.server.connections.crowded() or self.server.work.stopped:
             self.close_connection = True  # its place goes to the first in line; or the server is stopping
-        self.connection.settimeout(TIMEOUT)  # a client that does not take its answer is dropped too
+        self.connection.settimeout(IDLE)  # a client that does not take its answer is dropped too
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -526,8 +540,8 @@ class Server(http.server.ThreadingHTTPServer):
         except KeyboardInterrupt as stop:  # raised here, socketserver would close the socket under
             self.stopped_by = stop  # its new thread: it is raised just after, from service_actions
 
-    def serve_forever(self, poll_interval=POLL):
-        super().serve_forever(poll_interval)
+    def serve_forever(self, poll_interval=None):
+        super().serve_forever(POLL if poll_interval is None else poll_interval)
 
     def service_actions(self):  # serve_forever's, after each connection taken in and every poll_interval
         if self.stopped_by:
