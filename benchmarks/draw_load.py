@@ -1,15 +1,17 @@
 """Load on draw.py's POST /predict, honest and hostile, on loopback.
 
     python benchmarks/draw_load.py CHECKPOINT [--clients 8] [--requests 400] [--rounds 5] [--seconds 10]
+    python benchmarks/draw_load.py CHECKPOINT --rounds 0 --only "RLE BMP"  # one hostile load
 
 Starts `python draw.py CHECKPOINT --port 0` as a process of its own and waits for its address.
 Throughput: the same canvas drawing (a 256x256 RGBA PNG, as the page sends) from each of N client
 threads, one request after another, printing requests per second and the p50/p95/max latency of a
 prediction. Then an honest client (one drawing at a time, each on a new connection) alone and
 beside each hostile load, run from a process of its own: idle sockets, sockets that send a byte a
-second, clients posting images that are slow to read, many clients; it prints the honest client's
-p50/p95 and how many of its requests were not answered 200. Last, how long Ctrl-C takes to stop the
-server while slow images are queued. Every load is bounded in clients and seconds.
+second or every 50 ms, clients posting the slowest images image_files.py reads (hostile_images.py),
+many clients; it prints the honest client's p50/p95 and how many of its requests were not answered
+200. Last, how long Ctrl-C takes to stop the server while slow images are queued. Every load is
+bounded in clients and seconds.
 """
 import argparse
 import concurrent.futures
