@@ -19,6 +19,7 @@ import torch
 
 from torch import nn
 
+import data
 import model as model_py
 from cli import UserError, shown
 from model import Net
@@ -46,7 +47,7 @@ def unsafe_global(pickle_bytes):
     without naming their class where this check can see it (torch.save never writes them)."""
     for op, arg, _ in pickletools.genops(pickle_bytes):
         if op.name == "GLOBAL" and arg not in ALLOWED_GLOBALS:
-            return arg.replace(" ", ".")
+            return shown(arg.replace(" ", "."))  # its names come from the file
         if op.name in ("STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"):
             return f"an object through {op.name}"
     return None
@@ -54,9 +55,9 @@ def unsafe_global(pickle_bytes):
 
 def check_archive(path):
     """Raise UserError unless path looks like a torch.save of a small dict (before unpickling it)."""
-    size = os.path.getsize(path)
+    name, size = shown(path), os.path.getsize(path)
     if size > MAX_BYTES:
-        raise UserError(f"{path}: {size / 2**20:.0f} MB, larger than any checkpoint train.py writes "
+        raise UserError(f"{name}: {size / 2**20:.0f} MB, larger than any checkpoint train.py writes "
                         f"({MAX_BYTES // 2**20} MB at most); {TRAIN_AGAIN}")
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
@@ -66,30 +67,30 @@ def check_archive(path):
         except ValueError:
             found = None
         if found:
-            raise UserError(f"{path}: refused, it would call {found}, and loading it could run that code; "
+            raise UserError(f"{name}: refused, it would call {found}, and loading it could run that code; "
                             "use a checkpoint that train.py wrote")
         if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] in (b"\xff\xd8\xff", b"GIF"):
-            raise UserError(f"{path} is an image, not a checkpoint: pass images after --image")
-        raise UserError(f"{path}: not a checkpoint (not the archive torch.save writes: empty, "
+            raise UserError(f"{name} is an image, not a checkpoint: pass images after --image")
+        raise UserError(f"{name}: not a checkpoint (not the archive torch.save writes: empty, "
                         f"truncated or another kind of file); {TRAIN_AGAIN}")
     with zipfile.ZipFile(path) as archive:
         entries = archive.infolist()
         bad = [e.filename for e in entries if not ENTRY.fullmatch(e.filename) or e.compress_type != 0]
         pickles = [e for e in entries if e.filename.endswith("/data.pkl")]
         if bad or len(pickles) != 1 or len(entries) > 100 or sum(e.file_size for e in entries) > MAX_BYTES:
-            raise UserError(f"{path}: refused, its archive holds entries that torch.save does not write "
-                            f"({(bad or ['data.pkl'])[0]}); {TRAIN_AGAIN}")
+            raise UserError(f"{name}: refused, its archive holds entries that torch.save does not write "
+                            f"({shown((bad or ['data.pkl'])[0])}); {TRAIN_AGAIN}")
         if pickles[0].file_size > MAX_PICKLE:  # reading a pickle this size would take minutes
-            raise UserError(f"{path}: refused, its history is far longer than train.py writes "
+            raise UserError(f"{name}: refused, its history is far longer than train.py writes "
                             f"({pickles[0].file_size / 2**20:.0f} MB); {TRAIN_AGAIN}")
         try:
             if archive.testzip() is not None:  # a checksum that does not match: damaged since it was written
                 raise zipfile.BadZipFile
             found = unsafe_global(archive.read(pickles[0]))
         except (ValueError, zipfile.BadZipFile, OSError):
-            raise UserError(f"{path}: not a readable checkpoint, damaged; {TRAIN_AGAIN}") from None
+            raise UserError(f"{name}: not a readable checkpoint, damaged; {TRAIN_AGAIN}") from None
     if found:
-        raise UserError(f"{path}: refused, it would call {found}, and loading it could run that code; "
+        raise UserError(f"{name}: refused, it would call {found}, and loading it could run that code; "
                         "use a checkpoint that train.py wrote")
 
 
@@ -192,12 +193,12 @@ def optimizer_state(v):
     return None
 
 
-HISTORY_ENTRY = {"epoch": whole(1, 10_000), "train_loss": number(0, 1e30), "train_acc": number(0, 100),
-                 "test_loss": number(0, 1e30), "test_acc": number(0, 100), "seconds": number(0, 1e9),
-                 "lr": number(1e-45, 3.4e38), "batch_size": whole(1, 2**31 - 1)}
 CONFIG = {"epochs": whole(1, 10_000), "batch_size": whole(1, 2**31 - 1), "lr": number(1e-45, 3.4e38),
-          "seed": whole(0, 2**63 - 1), "loader": one_of("fast", "classic"), "threads": whole(1, 1024),
+          "seed": whole(0, 2**63 - 1), "loader": one_of(*data.LOADERS), "threads": whole(1, 1024),
           "device": device_text, "data_dir": text(4096)}
+HISTORY_ENTRY = {"epoch": CONFIG["epochs"], "train_loss": number(0, 1e30), "train_acc": number(0, 100),
+                 "test_loss": number(0, 1e30), "test_acc": number(0, 100), "seconds": number(0, 1e9),
+                 "lr": CONFIG["lr"], "batch_size": CONFIG["batch_size"]}
 # Older train.py versions wrote no arch (read off the weights then), no lr or batch size per epoch, no
 # threads, device or data folder: those may be missing. A run that was never trained further has no use
 # for its optimizer and generator, so evaluating needs neither; resuming needs both.
@@ -230,6 +231,12 @@ def problem(ckpt):
     return found
 
 
+def data_unknown(path, data_dir):
+    """The line for a checkpoint of an older train.py, which did not save where its data was."""
+    return (f"{shown(path)} does not say where its data was (an older train.py): reading {shown(data_dir)}; "
+            "pass --data-dir DIR if that is not it")
+
+
 def load(path, map_location="cpu"):
     """The checkpoint dict at path, checked (see the module's docstring); UserError if unusable.
     One from an older train.py comes back as today's: its network read off its weights, and each
@@ -242,7 +249,7 @@ def load(path, map_location="cpu"):
         raise UserError(f"{name}: no such checkpoint file; {TRAIN_AGAIN}")
     if not os.path.isfile(path):
         raise UserError(f"{name} is not a regular file, so not a checkpoint; {TRAIN_AGAIN}")
-    check_archive(name if name == path else path)
+    check_archive(path)
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
             warnings.simplefilter("ignore")

@@ -34,11 +34,12 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors; `saved_in` names the checkpoint whose settings are the defaults."""
+    """argparse with one-line errors; `saved_in`, once set, names the checkpoint whose settings are
+    the defaults."""
+    saved_in = None
 
-    def __init__(self, saved_in=None, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(formatter_class=HelpFormatter, **kwargs)
-        self.saved_in = saved_in
 
     def error(self, message):  # one line that says what to do, not the whole usage block
         if self.saved_in:  # the flags passed before: it is a saved setting that failed its check

@@ -31,7 +31,7 @@ def read_runs(folders):
     for folder in folders:
         path = os.path.join(folder, "model.pt")
         if not folder.isprintable():  # a newline or an escape in its name would reach the terminal
-            skipped.append(f"skipped {ascii(folder)[1:-1]}: a name with control characters in it")
+            skipped.append(f"skipped {cli.shown(folder)}: a name with control characters in it")
             continue
         if not os.path.isfile(path):
             skipped.append(f"skipped {folder}: no model.pt, not a run")

@@ -114,7 +114,7 @@ def main(argv=None):
     if not ipaddress.ip_address(host).is_loopback:
         print(f"warning: listening on {host}: anyone who can reach this machine can use the page", file=sys.stderr)
     print(f"model {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}", flush=True)
-    print(f"open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ in a browser (Ctrl-C stops)", flush=True)
+    print(f"open {server.url} in a browser (Ctrl-C stops)", flush=True)
     # The threads reading images give up the GIL at each torch call, and wait up to this long to get it
     # back from the connections' threads: beside 30 clients fetching the page, a drawing took 0.34-0.38 s
     # at 5 ms (Python's default), 0.3 s or 0.03 s at 1 ms, 35-54 ms at 0.2 ms; throughput is the same.

@@ -120,8 +120,7 @@ def main(argv=None):
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
     if data_dir is None:
         data_dir = DATA_DIR
-        print(f"{cli.shown(path)} does not say where its data was (an older train.py): reading {DATA_DIR}; "
-              "pass --data-dir DIR if that is not it")
+        print(checkpoint.data_unknown(path, DATA_DIR))
     loader = data.build_test_loader(data_dir, device=device)
     loss, confusion, images, probs, labels = evaluate_keeping(model, loader, device)
     print(format_report(loss, confusion))

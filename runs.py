@@ -64,7 +64,6 @@ class Run:
         except BaseException:
             self.close()
             raise
-        self.before = saved_epoch(self.folder)  # a run resumed in place: the epoch it goes on from
 
     def check_files(self, continues):
         """UserError if the run would write over anything but the checkpoint it continues."""
@@ -129,12 +128,14 @@ def kept(folder, continues=None):
 def save(folder, ckpt):
     """model.pt and history.json in folder, written together: a signal waits until both are on disk. A
     checkpoint that is not one train.py could load again (a loss gone to NaN, say) is refused instead."""
-    last = ckpt["history"][-1]
-    if not (math.isfinite(last["train_loss"]) and math.isfinite(last["test_loss"])) or checkpoint.problem(ckpt):
-        which = "training" if not math.isfinite(last["train_loss"]) or last["train_loss"] > 1e30 else "test"
-        loss = last["train_loss" if which == "training" else "test_loss"]
-        raise UserError(f"the {which} loss became {loss:g} in epoch {ckpt['epoch']}; stopped, {kept(folder)}. "
-                        "Lower the learning rate (--lr)")
+    problem = checkpoint.problem(ckpt)
+    if problem:
+        last = ckpt["history"][-1]
+        for key, which in (("train_loss", "training"), ("test_loss", "test")):
+            if not math.isfinite(last[key]) or last[key] > 1e30:
+                raise UserError(f"the {which} loss became {last[key]:g} in epoch {ckpt['epoch']}; stopped, "
+                                f"{kept(folder)}. Lower the learning rate (--lr)")
+        raise UserError(f"not saved, train.py could not load it again ({problem}); stopped, {kept(folder)}")
     data = checkpoint.dumps(ckpt)
     history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"
     with signals_held():
@@ -167,8 +168,7 @@ def resumed_settings(parser, argv, args, runs_dir):
                          f"{ckpt['epoch'] + 1}" for key in ("lr", "batch_size", "loader", "threads", "device")
                          if key in config and getattr(resumed, key) != config[key]]
     if "data_dir" not in config:
-        resumed.resuming.append(f"{shown(path)} does not say where its data was (an older train.py): reading "
-                                f"{shown(resumed.data_dir)}; pass --data-dir DIR if that is not it")
+        resumed.resuming.append(checkpoint.data_unknown(path, resumed.data_dir))
     resumed.resume = path
     resumed.out = args.out if args.resume and args.out else os.path.dirname(path) or "."
     return resumed

@@ -15,7 +15,6 @@ bounded in clients and seconds.
 """
 import argparse
 import concurrent.futures
-import io
 import math
 import multiprocessing
 import os
@@ -31,7 +30,7 @@ import time
 
 from PIL import Image, ImageDraw
 
-from hostile_images import jpeg_markers, largest_read, rle_bmp, serpentine
+from hostile_images import jpeg_markers, largest_read, rle_bmp, saved, serpentine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HONEST = 30  # requests of the honest client beside each load
@@ -40,7 +39,7 @@ HONEST = 30  # requests of the honest client beside each load
 def canvas_png():
     canvas = Image.new("RGBA", (256, 256), "white")  # a browser's canvas: RGBA, opaque
     ImageDraw.Draw(canvas).line([(82, 64), (183, 64), (119, 210)], fill="black", width=16, joint="curve")
-    return encoded(canvas, "PNG")
+    return saved(canvas, "PNG", optimize=True)
 
 
 def photo_png(side=2000):
@@ -50,13 +49,7 @@ def photo_png(side=2000):
     paper = Image.frombytes("L", (side, side), noise).point(lambda v: 160 + v * 80 // 255)
     ImageDraw.Draw(paper).line([(side // 3, side // 4), (2 * side // 3, side // 4), (side // 2, 3 * side // 4)],
                                fill=0, width=side // 40)
-    return encoded(paper, "PNG")
-
-
-def encoded(image, kind):
-    buffer = io.BytesIO()
-    image.save(buffer, kind, optimize=True)
-    return buffer.getvalue()
+    return saved(paper, "PNG", optimize=True)
 
 
 def post_request(port, body):

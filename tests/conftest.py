@@ -308,10 +308,13 @@ def peak_memory(script, *argvs):
     return [tuple(json.loads(line)) for line in proc.stdout.splitlines()]
 
 
+def chunk(kind, body):
+    """One PNG chunk: its length, kind, body and checksum."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def huge_png(path, side=13300):
     """A white side x side RGBA PNG with a black bar, written row by row: 726 KB holding 700 MB."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     white, bar = b"\0" + b"\xff" * (4 * side), b"\0" + (b"\xff" * 4 * (side // 2 - 300)
                                                        + b"\0\0\0\xff" * 600 + b"\xff" * 4 * (side - side // 2 - 300))
     packer = zlib.compressobj(9)

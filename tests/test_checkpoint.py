@@ -350,6 +350,39 @@ def test_unsafe_global_reads_the_pickle_without_running_it():
         assert checkpoint.unsafe_global(z.read([n for n in z.namelist() if n.endswith("data.pkl")][0])) is None
 
 
+def test_every_refusal_before_unpickling_shows_names_from_the_file_escaped(good, tmp_path):
+    """The file's own name, a global its pickle asks for and an archive entry's name are the file's
+    text: an escape sequence in any of them reaches the terminal written out, in every message."""
+    good, _ = good
+    hostile = "x\x1b[2J\ry"
+    folder = tmp_path / hostile
+    folder.mkdir()
+    plain = pickle.dumps({"a": 1}, protocol=2)
+    evil_global = b"\x80\x02c" + hostile.encode() + b"\nsystem\n)R."  # GLOBAL 'x<ESC>... system', called
+    entry = folder / "entry.pt"
+    with zipfile.ZipFile(entry, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"archive/data/{hostile}", b"")
+    huge = folder / "huge.pt"
+    with open(huge, "wb") as f:
+        f.truncate(checkpoint.MAX_BYTES + 1)
+    files = {"a plain pickle that would call code": folder / "evil.pkl", "not a checkpoint": folder / "junk.pt",
+             "an image": folder / "image.pt", "an odd entry": entry, "too large": huge,
+             "an archive whose pickle would call code": with_pickle(good, evil_global, folder / "evil.pt"),
+             "damaged": folder / "damaged.pt"}
+    files["a plain pickle that would call code"].write_bytes(evil_global)
+    files["not a checkpoint"].write_bytes(plain[:5])
+    files["an image"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    damaged = bytearray(good.read_bytes())
+    at = damaged.index(b"data.pkl") + 40  # inside the pickle's stored bytes: its checksum no longer matches
+    damaged[at] ^= 0xFF
+    files["damaged"].write_bytes(damaged)
+    for what, path in files.items():
+        with pytest.raises(cli.UserError) as refused:
+            checkpoint.load(str(path))
+        said = str(refused.value)
+        assert said.isprintable() and "\\x1b" in said, (what, said)
+
+
 def test_damage_and_outsized_or_odd_contents_are_refused_quickly(good, fake_mnist, tmp_path):
     path, ckpt = good
     data = bytearray(path.read_bytes())

@@ -25,7 +25,7 @@ import data
 import image_files
 import photo as ph
 from cli import UserError
-from conftest import ROOT, huge_png, peak_memory
+from conftest import ROOT, chunk, huge_png, peak_memory
 
 
 
@@ -399,10 +399,6 @@ def test_damaged_files_are_read_or_refused_in_one_line(capfd, caplog):
     assert not shown, shown[0].message
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records[0].getMessage()
     assert capfd.readouterr().err == ""
-
-
-def chunk(kind, body):
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def png_header(width, height, colour=0, before=b"", after=b""):

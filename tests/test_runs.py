@@ -183,3 +183,20 @@ def test_an_out_that_is_a_file_is_named_as_one(fake_mnist, tmp_path):
     line = main_error(train, "--data-dir", fake_mnist, "--out", tmp_path / "link", "--epochs", 1)
     assert f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'gone'}, which does not exist; pass --out" in line
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_checkpoint_train_py_could_not_load_again_is_not_saved_and_says_why(trained, tmp_path):
+    """Not every such checkpoint has a loss gone wrong: it used to be called one all the same."""
+    out, _ = trained
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    bad = dict(ckpt, config=dict(ckpt["config"], data_dir="da\tta"))  # finite losses, a setting it refuses
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with pytest.raises(cli.UserError) as refused:
+        runs.save(str(folder), bad)
+    said = str(refused.value)
+    assert said.startswith("not saved, train.py could not load it again (config data_dir") and "loss" not in said
+    assert not os.listdir(folder)
+    nan = dict(ckpt, history=ckpt["history"][:-1] + [dict(ckpt["history"][-1], test_loss=float("nan"))])
+    with pytest.raises(cli.UserError, match="the test loss became nan in epoch 2"):
+        runs.save(str(folder), nan)
