@@ -12,10 +12,10 @@ import argparse
 import os
 import sys
 
-import checkpoint
-import cli
-import plots
-import runs
+from machinery import checkpoint
+from machinery import cli
+from machinery import plots
+from machinery import runs
 from train import RUNS_DIR
 
 SETTINGS = ("arch", "lr", "batch_size", "seed", "loader")  # what a label may name

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-import fast_mnist
-import mnist_files
+from machinery import fast_mnist
+from machinery import mnist_files
 
 TEST_BATCH_SIZE = 1000  # evaluation only; fixed so train.py and evaluate.py sum the loss alike
 LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit, ~11x quicker

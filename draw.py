@@ -22,12 +22,12 @@ import sys
 
 import torch
 
-import checkpoint
-import cli
-import evidence
-import photo
-import runs
-import serving
+from machinery import checkpoint
+from machinery import cli
+from machinery import evidence
+from machinery import photo
+from machinery import runs
+from machinery import serving
 from train import DEVICE, RUNS_DIR, THREADS
 
 HOST = "127.0.0.1"  # loopback: only this machine can reach the page
@@ -36,7 +36,7 @@ MAX_BODY = 4 * 2**20  # bytes; a phone photo is 2-5 MB as JPEG
 MAX_PIXELS = 50_000_000  # a decoded image costs up to 4 bytes a pixel: bounded per request
 QUICK_BYTES = 8 * 2**10  # an image this small, whose header promises a read of under QUICK seconds, is
 QUICK = 0.02  # quick: no slow image keeps it waiting (serving.SLOW_AT_ONCE); a drawing is 1 KB, 3 ms
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machinery", "page")
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/draw.css": ("draw.css", "text/css; charset=utf-8"),
          "/draw.js": ("draw.js", "text/javascript; charset=utf-8")}  # what is served: nothing else
 

@@ -14,13 +14,13 @@ import sys
 
 import torch
 
-import checkpoint
-import cli
+from machinery import checkpoint
+from machinery import cli
 import data
-import evidence
-import photo
-import plots
-import runs
+from machinery import evidence
+from machinery import photo
+from machinery import plots
+from machinery import runs
 from train import DATA_DIR, DEVICE, RUNS_DIR, THREADS, evaluate
 
 PICTURES = ("confusion_matrix.png", "mistakes.png", "mistakes_evidence.png", "hidden_units.png")  # beside it

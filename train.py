@@ -10,12 +10,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-import checkpoint
-import cli
-import cuda_graph
+from machinery import checkpoint
+from machinery import cli
+from machinery import cuda_graph
 import data
-import plots
-import runs
+from machinery import plots
+from machinery import runs
 from model import Net
 
 EPOCHS = 30  # passes over the 60,000 training images (chosen from the curve in README.md)

@@ -205,7 +205,7 @@ def hostile(name, target, port, seconds, *args):
 
 def seconds_to_read(body):
     sys.path.insert(0, ROOT)
-    import photo
+    from machinery import photo
     import torch
 
     torch.set_num_threads(1)  # as draw.py reads

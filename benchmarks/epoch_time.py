@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cli  # noqa: E402
+from machinery import cli  # noqa: E402
 import competition  # noqa: E402
-import cuda_graph  # noqa: E402
+from machinery import cuda_graph  # noqa: E402
 import data  # noqa: E402
-import fast_mnist  # noqa: E402
+from machinery import fast_mnist  # noqa: E402
 import train  # noqa: E402
 from model import Net  # noqa: E402
 

@@ -13,7 +13,7 @@ import zlib
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import image_files  # noqa: E402
+from machinery import image_files  # noqa: E402
 
 
 def chunk(kind, body):

@@ -19,8 +19,8 @@ from hostile_images import (chunk, digit_page, gif_with_comment, jpeg_markers, j
                             rle_bmp, saved, serpentine, tiff_tiles)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import photo  # noqa: E402
-from cli import UserError  # noqa: E402
+from machinery import photo  # noqa: E402
+from machinery.cli import UserError  # noqa: E402
 
 
 def cases():

@@ -34,7 +34,7 @@ FAKE_TRAIN, FAKE_TEST = 640, 200  # 10 training batches of 64, one test batch
 def in_order(data_dir, batch_size, kind="classic", device="cpu", train=False):
     """A loader over one split of data_dir, not shuffled: classic, or the fast one made from it."""
     import data
-    import fast_mnist
+    from machinery import fast_mnist
 
     loader = DataLoader(data.load_mnist(data_dir, train), batch_size=batch_size, generator=torch.Generator())
     return fast_mnist.loader_like(loader, device) if kind == "fast" else loader
@@ -140,7 +140,7 @@ os.environ.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1
 def run_script(script, *args, cwd=None):
     """`python <script> <args>` as a user runs it, but in this process (no second torch import):
     its exit status, stdout and stderr, as subprocess.run would give them."""
-    import cli
+    from machinery import cli
 
     module = importlib.import_module(script[:-3])
     argv = [str(a) for a in args]
@@ -282,7 +282,7 @@ def no_leaks():
 PEAKS = """
 import contextlib, importlib, io, json, resource, sys
 sys.path.insert(0, sys.argv[1])
-import cli
+from machinery import cli
 module = importlib.import_module(sys.argv[2])
 for argv in json.loads(sys.argv[3]):
     out = io.StringIO()
@@ -331,7 +331,7 @@ def huge_png(path, side=13300):
 
 def main_error(module, *args):
     """Run module.main(args) in this process as cli.run does; return the one line it exits with."""
-    import cli
+    from machinery import cli
 
     with pytest.raises(SystemExit) as e:
         cli.run(lambda: module.main([str(a) for a in args]))

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import checkpoint
-import cli
+from machinery import checkpoint
+from machinery import cli
 import evaluate
 import model
 import train

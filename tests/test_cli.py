@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-import cli
+from machinery import cli
 from conftest import ROOT
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import compare
-import plots
+from machinery import plots
 from conftest import assert_one_line_error, run_script
 
 

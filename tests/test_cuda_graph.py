@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-import cuda_graph
+from machinery import cuda_graph
 import data
 import train
 from conftest import assert_same_run, train_run

@@ -4,7 +4,7 @@ import torch
 from torchvision import transforms
 
 import data
-import fast_mnist
+from machinery import fast_mnist
 from conftest import DEVICES, FAKE_TEST, FAKE_TRAIN, fake_digits
 
 

@@ -26,13 +26,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import checkpoint
+from machinery import checkpoint
 import data
 import draw
 import evaluate
-import evidence
-import photo
-import serving
+from machinery import evidence
+from machinery import photo
+from machinery import serving
 from conftest import ROOT, huge_png, main_error
 
 
@@ -136,7 +136,7 @@ def test_the_page_and_its_files_are_served(server):
     assert status == 200 and b'<canvas id="pad"' in page and b'src="/draw.js"' in page
     for name in ("/draw.js", "/draw.css"):
         status, body = request(port, "GET", name)
-        with open(os.path.join(ROOT, "page", name[1:]), "rb") as f:
+        with open(os.path.join(ROOT, "machinery", "page", name[1:]), "rb") as f:
             assert status == 200 and body == f.read()
 
 
@@ -867,7 +867,8 @@ import os, signal, sys, time, torch
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if pytest was started with Ctrl-C ignored
 sys.path.insert(0, sys.argv[1])
 sys.argv = sys.argv[2:]  # draw.py and its arguments
-import photo, runpy
+import runpy
+from machinery import photo
 def slow(*args):  # an image that would be read for a minute, in torch all along
     os.write(1, b"reading\\n")  # one write: the two threads' lines do not mix
     end = time.monotonic() + 60

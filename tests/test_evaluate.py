@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import checkpoint
+from machinery import checkpoint
 import evaluate
-import evidence
-import photo
-import plots
+from machinery import evidence
+from machinery import photo
+from machinery import plots
 import train
 from conftest import DEVICES, assert_one_line_error, in_order, main_error, run_script
 from model import Net

@@ -1,7 +1,7 @@
 """evidence.py against a hand computation on a tiny network (as the model's reference test does)."""
 import torch
 
-from evidence import evidence
+from machinery.evidence import evidence
 from model import Net
 
 

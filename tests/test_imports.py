@@ -1,5 +1,5 @@
-"""Importing a module of the project changes nothing outside it: every top-level *.py is imported in a
-new process, and what the process holds (hooks, signal handlers, warning filters, loggers, limits,
+"""Importing a module of the project changes nothing outside it: every top-level *.py and every module
+of machinery/ (the package itself first) is imported in a new process, and what the process holds (hooks, signal handlers, warning filters, loggers, limits,
 threads, random states, environment, working folder, standard streams) is compared after each."""
 import glob
 import json
@@ -29,11 +29,16 @@ def third_party(path):
             nodes += node.body + node.orelse + getattr(node, "finalbody", []) + getattr(node, "handlers", [])
         elif isinstance(node, ast.ExceptHandler):
             nodes += node.body
-    return {n for n in names if n.split(".")[0] not in modules}
+    return {n for n in names if n.split(".")[0] not in {m.split(".")[0] for m in modules}}
 
 
 # Imported first, so that what they do to the process on import is not put down to the project.
-for name in sorted(set().union(*(third_party(os.path.join(root, m + ".py")) for m in modules))):
+def source(module):
+    path = os.path.join(root, *module.split("."))
+    return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
+
+
+for name in sorted(set().union(*(third_party(source(m)) for m in modules))):
     try:
         importlib.import_module(name)
     except ImportError:  # `from package import function`, or a module not on this platform
@@ -120,7 +125,10 @@ print(json.dumps(changes))
 
 def test_importing_any_module_changes_nothing_outside_it():
     modules = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py")))
-    assert {"cli", "checkpoint", "photo", "train", "draw"} <= set(modules)  # the glob found the project
+    modules += ["machinery"] + sorted(f"machinery.{os.path.basename(p)[:-3]}"
+                                      for p in glob.glob(os.path.join(ROOT, "machinery", "*.py"))
+                                      if not p.endswith("__init__.py"))
+    assert {"machinery.cli", "machinery.checkpoint", "machinery.photo", "train", "draw"} <= set(modules)
     proc = subprocess.run([sys.executable, "-c", STATE, ROOT, *modules], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,9 +9,9 @@ import torch
 
 import data
 
-import mnist_files
+from machinery import mnist_files
 import train
-from cli import UserError
+from machinery.cli import UserError
 from conftest import FAKE_TEST, FAKE_TRAIN, assert_one_line_error, fake_digits, main_error, run_script, write_idx
 
 

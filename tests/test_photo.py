@@ -20,11 +20,11 @@ import torch
 from PIL import Image, ImageDraw, TiffImagePlugin, WebPImagePlugin
 from torchvision import transforms
 
-import checkpoint
+from machinery import checkpoint
 import data
-import image_files
-import photo as ph
-from cli import UserError
+from machinery import image_files
+from machinery import photo as ph
+from machinery.cli import UserError
 from conftest import ROOT, chunk, huge_png, peak_memory
 
 

@@ -9,7 +9,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-import plots
+from machinery import plots
 from model import Net
 
 REAL_PNG = plots.png  # the figures fixture replaces it

@@ -7,8 +7,8 @@ import signal
 import pytest
 import torch
 
-import cli
-import runs
+from machinery import cli
+from machinery import runs
 import train
 from conftest import ROOT, assert_one_line_error, main_error, run_script
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cli
-import plots
-import runs
+from machinery import cli
+from machinery import plots
+from machinery import runs
 import train
 from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, assert_same_run, in_order, main_error, run_process,
                       run_script, train_run)

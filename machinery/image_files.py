@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from cli import UserError
+from machinery.cli import UserError
 
 WORK_SIDE = 1024  # larger images are reduced to this before any full-size conversion
 MAX_PIXELS = 180_000_000  # a 13,400 x 13,400 scan; beyond it an image is refused, not decoded

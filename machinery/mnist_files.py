@@ -11,7 +11,7 @@ import struct
 
 from torchvision import datasets
 
-from cli import UserError
+from machinery.cli import UserError
 
 SPLITS = {"train": 60_000, "t10k": 10_000}  # the real files' counts
 IDX_FILES = {f"{split}-{kind}": (magic, shape, split)  # name -> (IDX magic number, one item's shape, split)

@@ -18,9 +18,9 @@ try:
 except ImportError:  # Windows: no advisory locks, so two runs into one folder are not caught there
     fcntl = None
 
-import checkpoint
-import cli
-from cli import UserError, shown, signals_held
+from machinery import checkpoint
+from machinery import cli
+from machinery.cli import UserError, shown, signals_held
 
 RUN_FILES = ("model.pt", "history.json", "training_curves.png")
 STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in the folder

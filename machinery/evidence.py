@@ -1,6 +1,6 @@
 """Why this answer: which pixels pushed the network to its digit, and which toward the runner-up.
 
-    from evidence import evidence
+    from machinery.evidence import evidence
     answer, runner_up, pixels = evidence(model, x)  # x: one (1, 28, 28) image; pixels: (28, 28)
 
 For each pixel, gradient times input of the answer's logit minus the runner-up's: how much that

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-import runs
+from machinery import runs
 
 SOFTWARE = "MNIST classifier, plots.py"  # written into every PNG drawn here (drawn_here)
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid

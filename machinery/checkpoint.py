@@ -21,7 +21,7 @@ from torch import nn
 
 import data
 import model as model_py
-from cli import UserError, shown
+from machinery.cli import UserError, shown
 from model import Net
 
 MAX_BYTES = 64 * 2**20  # ours are 0.2 MB; this leaves room for a 784-20000-10 network

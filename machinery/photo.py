@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-import image_files
-from cli import UserError
-from image_files import MAX_PIXELS, open_gray
+from machinery import image_files
+from machinery.cli import UserError
+from machinery.image_files import MAX_PIXELS, open_gray
 
 SMALL_SIDE = 256  # the strokes are worked on at this size: plenty for a 20x20 result, and quick
 COARSE_SIDE = 64  # the paper is found at this size
