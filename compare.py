@@ -6,7 +6,8 @@
 Prints one row per run (the settings that differ between the runs, the last and the best test
 accuracy with the epoch of each, the seconds of its training passes summed) and draws
 runs/compare.png: test accuracy and loss per epoch. --out x.svg (or .jpg, .pdf, ...) draws that format.
-A folder that is not a run, or holds a damaged checkpoint, is skipped with one line.
+A folder that is not a run, or holds a damaged checkpoint, is skipped with one line. Each lesson file
+(model.py, data.py, train.py) that differs between the runs gets a line saying which ran which.
 """
 import argparse
 import os
@@ -42,7 +43,7 @@ def read_runs(folders):
             skipped.append(f"skipped {folder}: {e}")
             continue
         history = ckpt["history"]
-        settings = {"arch": ckpt["arch"], "lr": plots.schedule(history, "lr"),
+        settings = {"arch": checkpoint.described(ckpt["arch"]), "lr": plots.schedule(history, "lr"),
                     "batch_size": plots.schedule(history, "batch_size"),
                     "seed": ckpt["config"]["seed"], "loader": ckpt["config"]["loader"]}
         found.append((folder, settings, history))
@@ -69,6 +70,22 @@ def table(found, differing):
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     return "\n".join(lines + [TABLE_NOTE])
+
+
+def lesson_differences(found):
+    """A line for each lesson file (model.py, data.py, train.py) that is not the same in every run that
+    kept its lesson: which runs ran which version of it."""
+    kept = {folder: runs.lesson_kept(folder) for folder, _, _ in found}
+    kept = {folder: files for folder, files in kept.items() if files}
+    lines = []
+    for name in runs.LESSON:
+        versions = {}
+        for folder, files in kept.items():
+            versions.setdefault(files.get(name), []).append(folder)
+        if len(versions) > 1:
+            groups = "; ".join(", ".join(folders) for folders in versions.values())
+            lines.append(f"{name} differs between the runs: the same within each group of {groups}")
+    return lines
 
 
 def picture_file(text):
@@ -100,6 +117,8 @@ def main(argv=None):
                             "train some with python train.py")
     differing = [k for k in SETTINGS if len({str(s[k]) for _, s, _ in found}) > 1]
     print(table(found, differing))
+    for line in lesson_differences(found):
+        print(line)
     picture = plots.compare(list(zip(labels(found, differing), [h for _, _, h in found])),
                             os.path.splitext(args.out)[1][1:].lower())
     runs.write(args.out, picture)

@@ -3,25 +3,26 @@
     from data import build_loaders
     train_loader, test_loader = build_loaders("data", batch_size=64, seed=0)
 
-The first run downloads the four MNIST files into <data dir>/MNIST/raw/ (mnist_files.py checks
-them, and its MNIST is torchvision's, made to read only them).
+Edit TRANSFORM to change what each image becomes (Normalize, Pad, an augmentation such as
+RandomRotation): both loaders apply it, and so do evaluate.py and draw.py to a photo or a drawing.
+The first run downloads the four MNIST files into <data dir>/MNIST/raw/.
 """
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from machinery import fast_mnist
-from machinery import mnist_files
+from machinery import fast_mnist, mnist_files
 
+TRANSFORM = transforms.ToTensor()  # a PIL image -> a (1, 28, 28) float tensor in [0, 1]
 TEST_BATCH_SIZE = 1000  # evaluation only; fixed so train.py and evaluate.py sum the loss alike
 LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit, ~11x quicker
 
 
 def load_mnist(data_dir, train):
-    """torchvision's MNIST with ToTensor: (1, 28, 28) float images in [0, 1] and their labels."""
+    """torchvision's MNIST with TRANSFORM: each item is (image, label)."""
     mnist_files.ensure(data_dir, train)  # the four raw files in place (downloaded if missing) and sound
     # torchvision's datasets.MNIST, made to read those raw files whatever else the folder holds
-    return mnist_files.MNIST(data_dir, train=train, transform=transforms.ToTensor())
+    return mnist_files.MNIST(data_dir, train=train, transform=TRANSFORM)
 
 
 def build_loaders(data_dir, batch_size, seed, loader="fast", device="cpu"):
@@ -30,7 +31,7 @@ def build_loaders(data_dir, batch_size, seed, loader="fast", device="cpu"):
     train_set = load_mnist(data_dir, train=True)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed))
-    if loader == "fast":  # the same batches from the images held in one tensor (fast_mnist.py)
+    if loader == "fast":  # the same batches, from the images held in one tensor (machinery/fast_mnist.py)
         train_loader = fast_mnist.loader_like(train_loader, device)
     return train_loader, build_test_loader(data_dir, loader, device)
 

@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+import data
 from machinery import checkpoint
 from machinery import cli
 from machinery import evidence
@@ -46,7 +47,7 @@ def predict(model, device, body):
     if not body:
         return 400, {"error": "the request has no image in it"}
     try:
-        small, x, note = photo.read_digit(body, MAX_PIXELS)
+        small, x, note = photo.read_digit(body, MAX_PIXELS, data.TRANSFORM)
         probs = photo.classify(model, x, device)
         _, runner_up, pixels = evidence.evidence(model, x.to(device))
     except photo.NoDigit:

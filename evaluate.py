@@ -109,8 +109,8 @@ def main(argv=None):
         return classify_images(model, args.image, device, args.save_input, args.evidence)
     folder = args.plots_dir or os.path.dirname(path) or "."
     hint = "pass --no-plots, or --plots-dir DIR for the pictures"
-    # hidden_units.png reads fc1 and fc2 as model.py's Net makes them: another network gets the other two
-    names = PICTURES if checkpoint.TEMPLATE.fullmatch(ckpt["arch"]) else PICTURES[:3]
+    # hidden_units.png reads fc1 and fc2 as model.py's Net makes them: another network gets the other three
+    names = PICTURES if plots.has_hidden_units(model) else PICTURES[:3]
     if not args.no_plots:
         runs.check_writable(folder, hint)
         for name in names:  # a picture of the user's own in the way is theirs: nothing is drawn over it
@@ -129,7 +129,8 @@ def main(argv=None):
             picture = (plots.confusion_matrix(confusion) if name == "confusion_matrix.png" else
                        plots.mistakes(images, probs, labels) if name == "mistakes.png" else
                        mistakes_evidence(model, images, probs, labels, device) if name == "mistakes_evidence.png"
-                       else plots.hidden_units(model.fc1.weight, model.fc2.weight, ckpt["arch"], ckpt["epoch"]))
+                       else plots.hidden_units(model.fc1.weight, model.fc2.weight, checkpoint.described(ckpt["arch"]),
+                                          ckpt["epoch"]))
             runs.write(os.path.join(folder, name), picture, hint)
             print(f"saved {cli.shown(os.path.join(folder, name))}")
 
@@ -140,7 +141,7 @@ def classify_images(model, paths, device, save_dir, evidence_dir=None):
     failed, saved = 0, set()
     for path in paths:
         try:
-            small, x, note = photo.read_digit(path)
+            small, x, note = photo.read_digit(path, transform=data.TRANSFORM)  # as the network was trained
             said = photo.summary(photo.classify(model, x, device)) + (f"  ({note})" if note else "")
             print(f"{cli.shown(path)}: {said}")
             if save_dir is not None:

@@ -1,22 +1,27 @@
-"""The checkpoint: a dict of tensors and plain values, written as bytes and read back safely.
+"""A checkpoint, read back safely: what train.py's torch.save writes, and nothing a hostile file could add.
 
-    {"model": state_dict, "arch": "784-64-10 sigmoid", "optimizer": ..., "generator": ...,
-     "config": {...}, "epoch": 3, "history": [{"epoch": 1, ...}, ...]}
+    ckpt = checkpoint.load("runs/lr0.01-bs64/model.pt")  # the dict train.py saved, checked
+    model = checkpoint.model_from(ckpt, path)            # its network, rebuilt by model.py, with its weights
 
-load() refuses a file before unpickling it unless it is the archive torch.save writes (no
-compressed entries, bounded size) and its pickle asks only for the few globals such a dict needs;
-then torch.load(weights_only=True) reads it, and problem() checks every key, type, range and tensor
-against the one description below (DESCRIPTION) before anything else uses it.
+load() refuses a file before unpickling it unless it is the archive torch.save writes (no compressed
+entries, bounded size) and its pickle asks only for the globals that tensors, state dicts and plain
+values need (ALLOWED_GLOBALS); then torch.load(weights_only=True) reads it, and problem() walks every
+value against one description of what torch writes: the state dicts of any torch module, optimizer or
+scheduler (tensors of every dtype, int64 counters, float steps, buffers), plain values in plain
+containers, within bounds on bytes, values, depth and tensor sizes. The keys train.py writes are
+checked as it writes them; a key a learner adds holds any such plain value or tensor.
 """
-import io
+import glob
+import math
 import os
 import pickletools
 import re
 import warnings
 import zipfile
+from collections import OrderedDict
 
 import torch
-
+from PIL import Image
 from torch import nn
 
 import data
@@ -24,20 +29,22 @@ import model as model_py
 from machinery.cli import UserError, shown
 from model import Net
 
-MAX_BYTES = 64 * 2**20  # ours are 0.2 MB; this leaves room for a 784-20000-10 network
+MAX_BYTES = 64 * 2**20  # ours are 0.2 MB; room for a 784-20000-10 network, or a CNN with Adam's state
 MAX_PICKLE = 2**20  # the dict without its tensors: a history of about 12,000 epochs (84 bytes each)
-ALLOWED_GLOBALS = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
-                   "torch FloatStorage", "torch LongStorage", "torch ByteStorage"}
+MAX_VALUES = 200_000  # values in the dict, every container's entries counted
+MAX_DEPTH = 32  # containers within containers
+MAX_TEXT = 100_000  # characters in one string (a network's description, a note)
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
+          torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+STORAGES = ("Float", "Double", "Half", "BFloat16", "ComplexFloat", "ComplexDouble", "Long", "Int", "Short",
+            "Char", "Byte", "Bool")
+ALLOWED_GLOBALS = ({"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter",
+                    "builtins set", "builtins frozenset", "__builtin__ set", "__builtin__ frozenset", "_codecs encode"}
+                   | {f"torch {name}Storage" for name in STORAGES} | {f"torch {str(d)[6:]}" for d in DTYPES})
 ENTRY = re.compile(r"[^/]+/(data\.pkl|byteorder|version|\.format_version|\.storage_alignment|"
                    r"\.data/serialization_id|\.data/version|data/\d+)")
 TRAIN_AGAIN = "train a new one with python train.py"
-TEMPLATE = re.compile(r"784-([0-9]{1,7})-10 ([^ ]+)")  # what Net(hidden, activation) is described as
-
-
-def dumps(ckpt):
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
-    return buffer.getvalue()
+TEMPLATE = re.compile(r"784-([0-9]{1,7})-10 ([^ ]+)")  # how an older train.py described Net(hidden, activation)
 
 
 def unsafe_global(pickle_bytes):
@@ -77,7 +84,7 @@ def check_archive(path):
         entries = archive.infolist()
         bad = [e.filename for e in entries if not ENTRY.fullmatch(e.filename) or e.compress_type != 0]
         pickles = [e for e in entries if e.filename.endswith("/data.pkl")]
-        if bad or len(pickles) != 1 or len(entries) > 100 or sum(e.file_size for e in entries) > MAX_BYTES:
+        if bad or len(pickles) != 1 or len(entries) > 1000 or sum(e.file_size for e in entries) > MAX_BYTES:
             raise UserError(f"{name}: refused, its archive holds entries that torch.save does not write "
                             f"({shown((bad or ['data.pkl'])[0])}); {TRAIN_AGAIN}")
         if pickles[0].file_size > MAX_PICKLE:  # reading a pickle this size would take minutes
@@ -94,13 +101,140 @@ def check_archive(path):
                         "use a checkpoint that train.py wrote")
 
 
+class Walk:
+    """What problem() has seen so far: values counted, tensor bytes added up, each object once."""
+
+    def __init__(self):
+        self.values, self.bytes, self.seen = 0, 0, set()
+
+
+def tensor_problem(t, walk, finite=False):
+    """Why t is not a tensor as torch.save writes one (dense, of a plain dtype, claiming no more elements
+    than its storage holds: a stride-0 view of one float can claim 150 million), or None."""
+    if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or t.dtype not in DTYPES:
+        return "not a plain tensor"
+    size = t.numel() * t.element_size()
+    if t.dim() > 16 or size > t.untyped_storage().nbytes():
+        return "a tensor claiming more elements than its storage holds"
+    walk.bytes += size
+    if walk.bytes > MAX_BYTES:
+        return f"tensors of more than {MAX_BYTES // 2**20} MB in all"
+    if finite and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
+        return "holds NaN or infinite values"
+    return None
+
+
+def metadata_problem(v):
+    """What torch's state_dict() hangs on itself as _metadata: {module prefix: {"version": int, ...}}."""
+    if type(v) is not OrderedDict and type(v) is not dict:
+        return "_metadata not a dict"
+    for prefix, entry in v.items():
+        if type(prefix) is not str or not isinstance(entry, dict) or any(type(k) is not str for k in entry):
+            return "_metadata not the module versions torch writes"
+        version = entry.get("version")
+        if not (version is None or type(version) is int and 0 <= version < 2**31):
+            return "_metadata with a version that is not a whole number"
+    return None
+
+
+def plain(v, walk, finite=False, depth=0):
+    """Why v is not a plain value (None, a bool, number, text, bytes, dtype or tensor) or a list, tuple,
+    set or dict of them, or None."""
+    walk.values += 1
+    if walk.values > MAX_VALUES:
+        return f"more than {MAX_VALUES:,} values"
+    if depth > MAX_DEPTH:
+        return f"containers nested more than {MAX_DEPTH} deep"
+    kind = type(v)
+    if v is None or kind in (bool, float, complex, torch.dtype):
+        return None
+    if kind is int:
+        return None if v.bit_length() <= 256 else "a number of more than 256 bits"
+    if kind in (str, bytes):
+        return None if len(v) <= MAX_TEXT else f"a text of more than {MAX_TEXT:,} characters"
+    if kind in (torch.Tensor, nn.Parameter):
+        return tensor_problem(v, walk, finite)
+    if kind not in (list, tuple, set, frozenset, dict, OrderedDict):
+        return f"a {kind.__name__}, which torch.save of plain values does not write"
+    if id(v) in walk.seen:  # a value the pickle refers to twice (or to itself) is looked at once
+        return None
+    walk.seen.add(id(v))
+    extra = {k: a for k, a in vars(v).items() if k != "_metadata"} if kind is OrderedDict else {}
+    if extra:
+        return "a dict with attributes torch does not write"
+    if kind is OrderedDict and "_metadata" in vars(v):
+        found = metadata_problem(v._metadata)
+        if found:
+            return found
+    items = v.items() if kind in (dict, OrderedDict) else enumerate(v)
+    for key, value in items:
+        if kind in (dict, OrderedDict) and not (key is None or type(key) in (str, int, float, bool, tuple)):
+            return "a dict key that is not text or a number"
+        found = (plain(key, walk, False, depth + 1) if type(key) is not int else None) or \
+            plain(value, walk, finite, depth + 1)
+        if found:
+            return f"[{shown(repr(key))[:60]}] {found}" if kind in (dict, OrderedDict) else found
+    return None
+
+
+def state_dict(v, walk):
+    """A module's state_dict(): names to tensors (weights, buffers, counters), finite, and the module
+    versions torch hangs on it as _metadata."""
+    if not isinstance(v, dict) or not v:
+        return "not a dict of tensors"
+    for key, t in v.items():
+        if type(key) is not str or not key.isprintable() or len(key) > 1000:
+            return "has a name that is not a module's"
+        found = tensor_problem(t, walk, finite=True) if torch.is_tensor(t) else "not a tensor"
+        if found:
+            return f"{shown(key)} {found}"
+    attributes = vars(v) if type(v) is OrderedDict else {}
+    if set(attributes) - {"_metadata"}:
+        return "a dict with attributes torch does not write"
+    return metadata_problem(attributes["_metadata"]) if "_metadata" in attributes else None
+
+
+def optimizer_state(v, walk):
+    """Any torch optimizer's state_dict(): {"state": {param index: {name: tensor or number}},
+    "param_groups": [{"params": [indices], settings...}]}, its tensors finite."""
+    if not isinstance(v, dict) or set(v) != {"state", "param_groups"}:
+        return "not an optimizer's state_dict"
+    groups, state = v["param_groups"], v["state"]
+    if type(groups) is not list or not 0 < len(groups) <= 1000 or not all(isinstance(g, dict) for g in groups):
+        return "param_groups not a list of parameter groups"
+    params = [i for g in groups for i in (g.get("params") if type(g.get("params")) is list else [None])]
+    if sorted(params, key=str) != list(range(len(params))) or len(params) > 100_000:
+        return "param_groups whose params are not numbered 0, 1, 2, ..."
+    if not isinstance(state, dict) or not all(type(k) is int and 0 <= k < len(params) for k in state):
+        return "state not kept by parameter number"
+    for g in groups:
+        if not all(type(k) is str for k in g) or not ("lr" not in g or torch.is_tensor(g["lr"]) or
+                                                      type(g["lr"]) in (int, float) and math.isfinite(g["lr"])):
+            return "a parameter group with settings torch does not write"
+    for i, s in state.items():
+        if not isinstance(s, dict) or not all(type(k) is str for k in s):
+            return f"state {i} not a dict of named values"
+    return plain(groups, walk) or plain(state, walk, finite=True)
+
+
+def generator_state(v, walk):
+    found = tensor_problem(v, walk) or (None if v.dtype == torch.uint8 else "not a generator's state")
+    if found:
+        return found
+    try:
+        torch.Generator().set_state(v)  # the one exact check of an mt19937 state: all zeros is none
+    except (RuntimeError, TypeError):
+        return "not a state a random number generator can take"
+    return None
+
+
 def whole(low, high):
-    return lambda v: None if type(v) is int and low <= v <= high else f"not a whole number from {low} to {high:,}"
+    return lambda v, walk: None if type(v) is int and low <= v <= high else f"not a whole number from {low} to {high:,}"
 
 
 def number(low, high):
     """A number from low to high: finite, so a float holds it, and small enough to plot."""
-    def check(v):
+    def check(v, walk):
         try:
             fits = type(v) in (int, float) and low <= v <= high
         except OverflowError:
@@ -109,88 +243,36 @@ def number(low, high):
     return check
 
 
-def text(limit):
-    """Printable text: a control character in it could reach the terminal as an escape sequence."""
-    return lambda v: (None if type(v) is str and 0 < len(v) <= limit and v.isprintable()
-                      else f"not a printable text of 1 to {limit} characters")
+def text(limit, newlines=False):
+    """Printable text (newlines only where allowed): a control character could reach the terminal."""
+    def check(v, walk):
+        ok = type(v) is str and 0 < len(v) <= limit and (v.replace("\n", "") if newlines else v).isprintable()
+        return None if ok else f"not a printable text of 1 to {limit:,} characters"
+    return check
 
 
 def one_of(*names):
-    return lambda v: None if type(v) is str and v in names else f"not one of {', '.join(names)}"
+    return lambda v, walk: None if type(v) is str and v in names else f"not one of {', '.join(names)}"
 
 
-def device_text(v):
+def device_text(v, walk):
     return None if type(v) is str and re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v) else "not a device name"
 
 
 def entries(of, required):
-    """A dict holding the keys of `of` (all of `required`, no others), each as its check says."""
-    def check(v):
+    """A dict holding all of `required`, each key of `of` as its check says, any other key a plain value."""
+    def check(v, walk):
         if not isinstance(v, dict):
             return "not a dict"
-        for key in v:
-            if key not in of:
-                return f"{shown(key) if isinstance(key, str) else type(key).__name__!r}: a key train.py does not write"
-        for key, is_ok in of.items():
-            if key in v:
-                problem = is_ok(v[key])
-                if problem:
-                    return f"{key} {problem}"
-            elif key in required:
-                return f"no {key}"
-        return None
+        if not all(type(key) is str for key in v):
+            return "a key that is not text"
+        for key, value in v.items():
+            found = of[key](value, walk) if key in of else plain(value, walk)
+            if found:
+                return f"{shown(key)[:100]} {found}"
+        missing = [key for key in required if key not in v]
+        return f"no {missing[0]}" if missing else None
     return check
-
-
-def tensor_problem(t, dtypes):
-    """Why t is not a plain tensor of its own: one of dtypes, finite, laid out densely over a storage that
-    holds its elements and no more (a stride-0 view of one float can claim 150 million), or None."""
-    if type(t) is not torch.Tensor or t.dtype not in dtypes:
-        return f"not a tensor of {', '.join(str(d).replace('torch.', '') for d in dtypes)}"
-    if not t.is_contiguous() or t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        return "not a tensor laid out as torch.save writes one"
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        return "holds NaN or infinite values"
-    return None
-
-
-def weights(v):
-    if not isinstance(v, dict) or not v:
-        return "not a dict of tensors"
-    for key, t in v.items():
-        if type(key) is not str or not key.isprintable() or len(key) > 200:
-            return "has a name train.py does not write"
-        problem = tensor_problem(t, (torch.float32, torch.float64, torch.float16, torch.bfloat16))
-        if problem:
-            return f"{key} {problem}"
-    return None
-
-
-def generator_state(v):
-    problem = tensor_problem(v, (torch.uint8,))
-    if problem:
-        return problem
-    try:
-        torch.Generator().set_state(v)  # the one exact check of an mt19937 state: all zeros is none
-    except (RuntimeError, TypeError):
-        return "not a state a shuffle generator can take"
-    return None
-
-
-def optimizer_state(v):
-    """What torch.optim.SGD(params, lr) saves: no state, one group of plain SGD (no momentum...)."""
-    reference = torch.optim.SGD([torch.zeros(1)], lr=1.0).state_dict()
-    if not isinstance(v, dict) or set(v) != set(reference) or v["state"] != {}:
-        return "not the plain SGD train.py builds"
-    groups = v["param_groups"]
-    if not (type(groups) is list and len(groups) == 1 and isinstance(groups[0], dict)):
-        return "not the plain SGD train.py builds"
-    group, params = groups[0], groups[0].get("params")
-    if not (type(params) is list and params == list(range(len(params))) and 0 < len(params) <= 1000):
-        return "not the plain SGD train.py builds"
-    if {**group, "lr": 1.0, "params": [0]} != reference["param_groups"][0] or number(1e-45, 3.4e38)(group["lr"]):
-        return "not the plain SGD train.py builds"
-    return None
 
 
 CONFIG = {"epochs": whole(1, 10_000), "batch_size": whole(1, 2**31 - 1), "lr": number(1e-45, 3.4e38),
@@ -200,32 +282,33 @@ HISTORY_ENTRY = {"epoch": CONFIG["epochs"], "train_loss": number(0, 1e30), "trai
                  "test_loss": number(0, 1e30), "test_acc": number(0, 100), "seconds": number(0, 1e9),
                  "lr": CONFIG["lr"], "batch_size": CONFIG["batch_size"]}
 # Older train.py versions wrote no arch (read off the weights then), no lr or batch size per epoch, no
-# threads, device or data folder: those may be missing. A run that was never trained further has no use
-# for its optimizer and generator, so evaluating needs neither; resuming needs both.
+# threads, device, data folder or random state: those may be missing. A run that was never trained further
+# has no use for its optimizer and generator, so evaluating needs neither; resuming needs both.
 REQUIRED = ("model", "config", "epoch", "history")
 REQUIRED_CONFIG = ("epochs", "batch_size", "lr", "seed", "loader")
 REQUIRED_ENTRY = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
-def history(v):
+def history(v, walk):
     if type(v) is not list:
         return "not a list"
     check = entries(HISTORY_ENTRY, REQUIRED_ENTRY)
     for i, h in enumerate(v, 1):
-        problem = check(h) or (None if h["epoch"] == i else f"epoch {h['epoch']}, not {i}")
-        if problem:
-            return f"entry {i}: {problem}"
+        found = check(h, walk) or (None if h["epoch"] == i else f"epoch {h['epoch']}, not {i}")
+        if found:
+            return f"entry {i}: {found}"
     return None
 
 
-# Everything a checkpoint may hold, and nothing else: each key with the check its value must pass.
-DESCRIPTION = {"model": weights, "arch": text(2000), "optimizer": optimizer_state, "generator": generator_state,
-               "config": entries(CONFIG, REQUIRED_CONFIG), "epoch": whole(1, 10_000), "history": history}
+# The keys train.py writes, each with its check; any other key (a learner's own) holds a plain value.
+DESCRIPTION = {"model": state_dict, "arch": text(MAX_TEXT, newlines=True), "optimizer": optimizer_state,
+               "generator": generator_state, "rng": generator_state, "config": entries(CONFIG, REQUIRED_CONFIG),
+               "epoch": whole(1, 10_000), "history": history}
 
 
 def problem(ckpt):
     """What is wrong with a loaded checkpoint, against DESCRIPTION, or None."""
-    found = entries(DESCRIPTION, REQUIRED)(ckpt)
+    found = entries(DESCRIPTION, REQUIRED)(ckpt, Walk())
     if not found and ckpt["epoch"] != len(ckpt["history"]):
         found = f"epoch {ckpt['epoch']} with {len(ckpt['history'])} history entries"
     return found
@@ -274,11 +357,19 @@ def load(path, map_location="cpu"):
     return ckpt
 
 
-def architecture(model):
-    """The network as its modules say: '784-64-10 sigmoid' is model.py's. First the sizes its Linear layers
-    chain, then each other layer in the order it was made, with its arguments if it has any
-    ('leakyrelu(negative_slope=0.2)'); a class not from torch.nn is named with its module ('model.Tanh').
-    Enough to write model.py again by hand, and what a network is rebuilt from (network())."""
+def described(arch):
+    """A network's description on one line: print(model)'s text, compacted ('Net(fc1: Linear(784, 64),
+    activation: Sigmoid(), fc2: Linear(64, 10))'), or an older train.py's ('784-64-10 sigmoid') as it is."""
+    line = re.sub(r"\(\n\s*\(([^)]*)\): ", r"(\1: ", arch)
+    line = re.sub(r"\n\s*\(([^)]*)\): ", r", \1: ", line)
+    line = re.sub(r"\n\s*\)", ")", line)
+    line = re.sub(r"in_features=(\d+), out_features=(\d+), bias=True", r"\1, \2", line)
+    return shown(line)
+
+
+def legacy_description(model):
+    """How an older train.py described a network ('784-64-10 sigmoid'): the sizes its Linear layers chain,
+    then each other layer in order. Kept to recognise the runs it saved."""
     chains, others = [], []
     for module in model.modules():
         cls = type(module)
@@ -294,72 +385,154 @@ def architecture(model):
     return " ".join(["+".join("-".join(map(str, chain)) for chain in chains)] + others).strip()
 
 
+def same_network(model, arch):
+    """Whether model is the network arch describes: print(model)'s text, or an older train.py's line."""
+    return str(model) == arch or legacy_description(model) == arch
+
+
+def activations():
+    """The activations a HIDDEN/ACTIVATION edit can name: torch.nn's own (nothing else from torch.nn, such
+    as Module, Identity or Sequential), and the classes model.py defines, by name as each is described."""
+    known = {cls.__name__: cls for cls in vars(nn.modules.activation).values()
+             if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == nn.modules.activation.__name__}
+    known.update({name: cls for name, cls in vars(model_py).items() if isinstance(cls, type)
+                  and issubclass(cls, nn.Module) and cls.__module__ == model_py.__name__})
+    return known
+
+
 def network(arch, weights, path):
     """A network described exactly as `arch`: model.py's Net as it is now, or Net(hidden, activation) as
     an edit of HIDDEN or ACTIVATION makes it. Anything else (a layer added or gone, an activation with
     other arguments, a class model.py no longer has) is refused, saying which network the run holds."""
-    candidates = [Net]
-    template = TEMPLATE.fullmatch(arch)
-    if template:  # its weights hold its size: no huge network is built from a line of text
-        hidden, activation = int(template[1]), template[2].split("(")[0]
-        fits = 784 * hidden + hidden + 10 * hidden + 10 == sum(t.numel() for t in weights.values())
-        known = {cls.__name__.lower(): cls for cls in vars(nn).values() if isinstance(cls, type)}
-        known.update({f"model.{name}": cls for name, cls in vars(model_py).items() if isinstance(cls, type)})
-        if fits and activation in known:
-            candidates.append(lambda: Net(hidden, known[activation]))
+    candidates, known = [Net], {}
+    legacy = TEMPLATE.fullmatch(arch)
+    hidden = re.search(r"\(fc1\): Linear\(in_features=784, out_features=([0-9]{1,7}),", arch)
+    activation = re.search(r"\(activation\): (\w+)\(", arch)
+    if legacy:
+        hidden, activation = int(legacy[1]), legacy[2].split("(")[0]
+        known = {name.lower(): cls for name, cls in activations().items()}
+        known.update({f"model.{name.lower()}": cls for name, cls in activations().items()})
+        known.update({f"model.{name}": cls for name, cls in activations().items()})
+    elif hidden and activation:
+        hidden, activation, known = int(hidden[1]), activation[1], activations()
+    else:
+        hidden = None
+    # its weights hold its size: no huge network is built from a line of text. print(model) names a class
+    # without its module: torch's Tanh is not taken for the run's own class Tanh, kept in its model.py
+    if type(hidden) is int and activation in known and 795 * hidden + 10 == sum(t.numel() for t in weights.values()) and not (
+            known[activation].__module__.startswith("torch.") and lesson_defines(path, activation)):
+        candidates.append(lambda: Net(hidden, known[activation]))
     for build in candidates:
         try:
             net = build()
         except Exception:  # a class that is no activation, or needs arguments
             continue
-        if architecture(net) == arch:
+        if same_network(net, arch):
             return net
-    raise UserError(f"{shown(path)} holds a {shown(arch)} network, which model.py does not build now: make "
-                    "model.py build it again to use that run (the description lists its layers: sizes, then the "
-                    "others in order); if you committed that model.py, git log -p model.py has it")
+    raise UserError(f"{shown(path)} holds a {described(arch)} network, which model.py does not build now: make "
+                    f"model.py build it again to use that run{own_lesson(path)}")
+
+
+def lesson_defines(path, name):
+    """Whether the model.py kept with the run at path (read as text, never run) defines a class `name`."""
+    for kept in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."), "lesson*", "model.py"))):
+        with open(kept, "rb") as f:
+            if re.search(rf"^class {re.escape(name)}\b".encode(), f.read(2**20), re.M):
+                return True
+    return False
+
+
+def own_lesson(path):
+    """Where the run's own model.py is kept, for a message: ', as its own model.py did (FOLDER/lesson/model.py)'."""
+    kept = os.path.join(os.path.dirname(path) or ".", "lesson", "model.py")
+    if os.path.isfile(kept):
+        return f", as its own did: diff model.py {shown(kept)}"
+    return "; if you committed that model.py, git log -p model.py has it"
+
+
+def probe_inputs():
+    """Two images, all paper and all ink, as data.py's TRANSFORM makes them: what the network is fed."""
+    images = [Image.new("L", (28, 28), level) for level in (0, 255)]
+    try:
+        return torch.stack([data.TRANSFORM(image) for image in images])
+    except Exception:  # a transform that takes no PIL image: the images as ToTensor makes them
+        return torch.stack([torch.zeros(1, 28, 28), torch.ones(1, 28, 28)])
 
 
 def model_from(ckpt, path, device="cpu"):
-    """The network the checkpoint holds, with its weights; it may differ from what model.py builds now."""
+    """The network the checkpoint holds, with its weights; it may differ from what model.py builds now.
+    It must answer two images with ten finite numbers each: weights that overflow (finite, each one) are
+    refused here, not shown as 'nan%' later."""
     model = network(ckpt["arch"], ckpt["model"], path)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError:
-        raise UserError(f"{shown(path)}: its weights do not fit its {shown(ckpt['arch'])} network; "
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{shown(path)}: its weights do not fit its {described(ckpt['arch'])} network; "
                         f"{TRAIN_AGAIN}") from None
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(probe_inputs())
+    except Exception as e:
+        raise UserError(f"{shown(path)}: its {described(ckpt['arch'])} network does not run on an image as "
+                        f"data.py makes it ({type(e).__name__}); {TRAIN_AGAIN}") from None
+    if not torch.is_tensor(outputs) or outputs.shape != (2, 10):
+        raise UserError(f"{shown(path)}: its network does not answer an image with 10 numbers; {TRAIN_AGAIN}")
+    if not torch.isfinite(outputs).all():
+        raise UserError(f"{shown(path)}: its network's outputs overflow (they are not finite numbers), so its "
+                        f"answers would be meaningless; {TRAIN_AGAIN}")
     return model.to(device)
 
 
 def describe(ckpt):
-    """'784-64-10 sigmoid', and what model.py builds now when that differs."""
-    built = architecture(Net())
-    return shown(ckpt["arch"]) if ckpt["arch"] == built else f"{shown(ckpt['arch'])} (model.py now builds {built})"
+    """The run's network on one line, and what model.py builds now when that differs."""
+    built = Net()
+    if same_network(built, ckpt["arch"]):
+        return described(ckpt["arch"])
+    return f"{described(ckpt['arch'])} (model.py now builds {described(str(built))})"
 
 
-def check_resumable(ckpt, path):
-    """UserError unless training can go on from this checkpoint with model.py as it is now."""
-    built = architecture(Net())
-    if ckpt["arch"] != built:
-        raise UserError(f"{shown(path)} holds a {shown(ckpt['arch'])} network, but model.py now builds {built}: a "
-                        "run goes on with the network it started with; undo the edit to model.py (git diff "
-                        "model.py shows it) to resume, or leave out --resume to start a new run")
+def _same(a, b):
+    try:
+        return torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else bool(a == b)
+    except Exception:
+        return False
+
+
+def resumable(ckpt, path, model, optimizer, lr=None):
+    """UserError unless training can go on from this checkpoint with the network and optimizer train.py
+    builds now. Returns the lines that say what changes: the optimizer's settings as train.py now builds
+    them win over the saved ones (the lr is the saved one, where a scheduler may have moved it, unless a
+    --lr is given now), and the checkpoint's optimizer state is updated to match, for load_state_dict."""
+    if not same_network(model, ckpt["arch"]):
+        raise UserError(f"{shown(path)} holds a {described(ckpt['arch'])} network, but model.py now builds "
+                        f"{described(str(model))}: a run goes on with the network it started with; undo the "
+                        f"edit to model.py{own_lesson(path)}, or leave out --resume to start a new run")
     if "optimizer" not in ckpt or "generator" not in ckpt:
-        raise UserError(f"{shown(path)}: has no optimizer or generator state to resume from (the plain SGD "
-                        "train.py builds, and its shuffle); evaluate it, or train a new run")
-
-
-def restore(path, model, optimizer, generator):
-    """For --resume: the weights, the optimizer's state and the shuffle generator's, as the checkpoint at path
-    left them; returns its history. With no path (a new run) nothing changes, and the history is []. The
-    optimizer keeps the settings it was built with: a --lr written now wins over the saved one."""
-    if path is None:
-        return []
-    ckpt = load(path)
-    check_resumable(ckpt, path)
-    model.load_state_dict(ckpt["model"])
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group, own in zip(optimizer.param_groups, settings):
-        group.update(own)
-    generator.set_state(ckpt["generator"])
-    return ckpt["history"]
+        raise UserError(f"{shown(path)}: has no optimizer or generator state to resume from; evaluate it, "
+                        "or train a new run")
+    saved, built = ckpt["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"]
+    if len(saved) != len(built) or any(len(s["params"]) != len(b["params"]) for s, b in zip(saved, built)):
+        raise UserError(f"{shown(path)}: its optimizer holds other parameters than train.py's now; "
+                        "leave out --resume to start a new run")
+    if any(set(s) != set(b) - {"initial_lr"} and set(s) != set(b) for s, b in zip(saved, built)):
+        settings = ", ".join(sorted(set(saved[0]) - {"params"}))
+        raise UserError(f"{shown(path)}: trained with another optimizer (its settings: {settings}) than the one "
+                        f"train.py builds now ({type(optimizer).__name__}): undo the edit to train.py to resume, "
+                        "or leave out --resume to start a new run")
+    sizes = [p.numel() for g in optimizer.param_groups for p in g["params"]]
+    for i, s in ckpt["optimizer"]["state"].items():
+        if any(torch.is_tensor(t) and t.numel() > sizes[i] for t in s.values()):
+            raise UserError(f"{shown(path)}: its optimizer state does not fit the network; {TRAIN_AGAIN}")
+    # a scheduler that cycles momentum (OneCycleLR, CyclicLR) keeps it in the optimizer, as it does the lr
+    cycled = {"momentum", "betas"} if any(isinstance(v, dict) and v.get("cycle_momentum") for v in ckpt.values()) \
+        else set()
+    changes = []
+    for s, b in zip(saved, built):
+        for key in sorted(set(b) - {"params", "lr", "initial_lr"} - cycled):
+            if not _same(s[key], b[key]):
+                changes.append(f"{key} {s[key]} -> {b[key]} from epoch {ckpt['epoch'] + 1} (train.py's optimizer now)")
+                s[key] = b[key]
+        if lr is not None:  # a --lr given now (resumed_settings says so)
+            s["lr"] = lr
+    return list(dict.fromkeys(changes))

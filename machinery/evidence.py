@@ -15,7 +15,7 @@ import torch
 def evidence(model, x):
     """(answer, runner-up, the 28x28 evidence map) for one image x, as described above."""
     model.eval()
-    x = x.detach().reshape(1, 1, 28, 28).requires_grad_(True)
+    x = x.detach().reshape(1, 1, *x.shape[-2:]).requires_grad_(True)  # 28x28, or what data.py makes of it
     with torch.enable_grad():  # also when called where gradients are off (the draw server's answers)
         logits = model(x)[0]
         answer, runner_up = logits.topk(2).indices.tolist()

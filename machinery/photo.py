@@ -33,8 +33,9 @@ class NoDigit(UserError):
     """Nothing stands out from the paper."""
 
 
-def read_digit(source, max_pixels=MAX_PIXELS):
-    """(28x28 'L' image, its (1, 28, 28) ToTensor tensor, a remark or '') for a path or bytes."""
+def read_digit(source, max_pixels=MAX_PIXELS, transform=None):
+    """(28x28 'L' image, what `transform` (data.py's TRANSFORM) makes of it, a remark or '') for a path or
+    bytes; with no transform, the (1, 28, 28) tensor ToTensor makes."""
     gray, note = open_gray(source, max_pixels)
     try:
         small = mnist_style(gray)
@@ -43,6 +44,8 @@ def read_digit(source, max_pixels=MAX_PIXELS):
             raise
         raise NoDigit("no digit found: the first frame, the only one read of several, is blank "
                       "or has too little contrast") from None
+    if transform is not None:
+        return small, transform(small), note
     return small, torch.from_numpy(np.asarray(small, dtype=np.float32) / 255)[None], note  # as ToTensor
 
 

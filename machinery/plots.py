@@ -90,8 +90,8 @@ def training_curves(history, arch, seed):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{arch} MLP, SGD lr {schedule(history, 'lr')}, batch {schedule(history, 'batch_size')}, "
-                 f"seed {seed}, {len(history)} epochs")
+    fig.suptitle(f"{arch}\nlr {schedule(history, 'lr')}, batch {schedule(history, 'batch_size')}, "
+                 f"seed {seed}, {len(history)} epochs", fontsize=9)
     return png(fig)
 
 
@@ -215,6 +215,13 @@ def tile_grid(digits, cols):
         places += [(len(row_digits) + k // cols, k % cols) for k in range(n)]
         row_digits += [d] * max(1, -(-n // cols))
     return places, row_digits
+
+
+def has_hidden_units(model):
+    """Whether model has model.py's fc1 (784 inputs to hidden units) and fc2 (those units to 10 digits)."""
+    fc1, fc2 = getattr(model, "fc1", None), getattr(model, "fc2", None)
+    return (isinstance(fc1, torch.nn.Linear) and isinstance(fc2, torch.nn.Linear) and fc1.in_features == 784
+            and fc2.in_features == fc1.out_features and fc2.out_features == 10)
 
 
 def hidden_units(fc1_weight, fc2_weight, arch, epoch):

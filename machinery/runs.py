@@ -1,13 +1,11 @@
-"""Run folders: one per experiment, written safely, locked while a run writes, found again later.
+"""Run folders: one per experiment, locked while a run writes, keeping the lesson it ran, found again later.
 
-    runs/lr0.01-bs64/            model.pt  history.json  training_curves.png
+    runs/lr0.01-bs64/            model.pt  training_curves.png  lesson/ (model.py data.py train.py)
     runs/lr0.1-bs32/             (a run with --lr 0.1 --batch-size 32)
     runs/lr0.1-bs32-2/           (the same again: a new folder, never an overwrite)
     runs/h128-relu-lr0.01-bs64/  (after HIDDEN = 128 and ACTIVATION = nn.ReLU in model.py)
 """
 import glob
-import json
-import math
 import os
 import re
 import secrets
@@ -20,16 +18,22 @@ except ImportError:  # Windows: no advisory locks, so two runs into one folder a
 
 from machinery import checkpoint
 from machinery import cli
-from machinery.cli import UserError, shown, signals_held
+from machinery.cli import UserError, shown
 
-RUN_FILES = ("model.pt", "history.json", "training_curves.png")
+RUN_FILES = ("model.pt", "training_curves.png")
 STANDARD = "784-64-10 sigmoid"  # the project's network: another one is named in the folder
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LESSON = ("model.py", "data.py", "train.py")  # kept with each run, as text: never imported from there
+MAX_LESSON = 2**20  # bytes of one lesson file kept
 
 
 def folder_name(config, arch=STANDARD):
     """'lr0.01-bs64'; 'h128-relu-' first for another network, '-seed3' for a seed other than 0."""
-    (sizes, *layers), (standard_sizes, *standard_layers) = (re.findall(r"[^ (]+(?:\([^)]*\))?", a)
-                                                            for a in (arch, STANDARD))
+    def words(a):  # its words, each layer's arguments (in parentheses, nested too) left out
+        while re.search(r"\([^()]*\)", a):
+            a = re.sub(r"\([^()]*\)", "", a)
+        return a.split()
+    (sizes, *layers), (standard_sizes, *standard_layers) = (words(a) for a in (arch, STANDARD))
     hidden = "-".join(sizes.replace("+", "-").split("-")[1:-1])
     layers = [re.sub(r"[^a-z0-9._]", "", layer.split("(")[0].lower()).strip("._") for layer in layers]
     parts = [f"h{hidden}"] * (sizes != standard_sizes) + [n for n in layers if n] * (layers != standard_layers)
@@ -40,18 +44,21 @@ def folder_name(config, arch=STANDARD):
 class Run:
     """The folder a training run writes into, held while it runs:
 
-        with Run(args, arch, runs_dir) as folder:
-            save(folder, ckpt)  # model.pt and history.json, whole or not at all
+        with Run(args, model) as folder:
+            torch.save(...)  # folder/model.pt, written by train.py
 
-    The folder is a new one in runs_dir named by folder_name, or exactly args.out, or for a resumed run
-    the one resumed_settings chose. It is made, and locked so that a second train.py cannot write there
-    at once; another run's files are never written over, only the checkpoint the run continues. Ctrl-C,
-    SIGTERM or SIGHUP inside the block ends saying what is saved and the command that goes on.
+    The folder is a new one in args.runs_dir named by folder_name, or exactly args.out, or for a resumed
+    run the one resumed_settings chose. It is made, and locked so that a second train.py cannot write
+    there at once; another run's files are never written over, only the checkpoint the run continues.
+    The lesson as it is now (model.py, data.py, train.py) is kept in folder/lesson/ (or, resuming after an
+    edit, lesson-from-epoch-N/). Ctrl-C, SIGTERM or SIGHUP inside the block ends saying what is saved
+    and the command that goes on; a run that saved nothing leaves nothing behind.
     """
 
-    def __init__(self, args, arch, runs_dir):
+    def __init__(self, args, model):
+        arch = checkpoint.legacy_description(model)  # short enough for a folder's name
         self.made = args.out is None or not os.path.lexists(args.out)  # ours to remove if nothing is saved
-        self.folder = new_folder(runs_dir, folder_name(vars(args), arch)) if args.out is None else args.out
+        self.folder = new_folder(args.runs_dir, folder_name(vars(args), arch)) if args.out is None else args.out
         self.model_path = os.path.join(self.folder, "model.pt")
         self.continues, self.epochs = args.resume, args.epochs
         if not self.folder.isprintable():  # printed as it is, by train.py
@@ -59,17 +66,19 @@ class Run:
         check_writable(self.folder, "pass --out DIR")
         self.lock_made = not os.path.lexists(os.path.join(self.folder, ".lock"))  # else the user's, or a run's
         self.lock = lock(self.folder)
+        self.kept = []
         try:
             self.check_files(args.resume)
+            self.keep_lesson()
         except BaseException:
             self.close()
             raise
 
     def check_files(self, continues):
         """UserError if the run would write over anything but the checkpoint it continues."""
-        for name in RUN_FILES:
+        for name in RUN_FILES + ("lesson",):
             path = os.path.join(self.folder, name)
-            if os.path.lexists(path) and not os.path.isfile(path):
+            if os.path.lexists(path) and not (os.path.isdir(path) if name == "lesson" else os.path.isfile(path)):
                 raise UserError(f"{shown(os.path.abspath(path))} is in the way (not a regular file): "
                                 "move it, or pass another --out")
         in_place = continues and os.path.isfile(self.model_path) and os.path.samefile(self.model_path, continues)
@@ -79,22 +88,53 @@ class Run:
                             if continues is None else f"{where} holds another run's files, which resuming "
                             f"{shown(continues)} would replace: pass --out DIR to continue it in a folder of its own")
 
+    def keep_lesson(self):
+        """The lesson files as they are now, into lesson/; a resumed run whose lesson changed since keeps
+        the new one in lesson-from-epoch-N/, beside the one it started with."""
+        now = {}
+        for name in LESSON:
+            try:
+                with open(os.path.join(ROOT, name), "rb") as f:
+                    now[name] = f.read(MAX_LESSON)
+            except OSError:
+                continue
+        kept = lesson_kept(self.folder)
+        if kept == now:
+            return
+        folder = os.path.join(self.folder, "lesson" if not kept else f"lesson-from-epoch-{saved_epoch(self.folder) + 1}")
+        os.makedirs(folder, exist_ok=True)
+        for name, text in now.items():
+            write(os.path.join(folder, name), text)
+            self.kept.append(os.path.join(folder, name))
+
     def __enter__(self):
         return self.folder
 
     def __exit__(self, kind, error, traceback):
+        cut_short = os.path.isfile(self.model_path + ".tmp")  # torch.save failed (a full disk), or was stopped
         self.close()
         if isinstance(error, KeyboardInterrupt):
             raise cli.Stopped.saying(error, self.where_to_go_on()) from None
+        if cut_short and isinstance(error, (OSError, RuntimeError)):
+            raise UserError(f"cannot write {shown(os.path.abspath(self.model_path))} ({why_not_written(error, self.folder)})"
+                            f"; the previous file, if any, is unchanged: {kept(self.folder, self.continues)}") from None
 
     def close(self):
         if self.lock:
             self.lock.close()  # the folder is free again
             self.lock = None
-        if not saved_epoch(self.folder):  # nothing saved: what this run made goes again (no empty run folder)
+        if os.path.isfile(self.model_path + ".tmp"):  # a save cut short (Ctrl-C): model.pt is whole
+            os.unlink(self.model_path + ".tmp")
+        if not os.path.lexists(self.model_path):  # nothing saved: what this run made goes again
+            for path in self.kept:
+                if os.path.isfile(path):
+                    os.unlink(path)
+            for path in {os.path.dirname(p) for p in self.kept}:
+                if os.path.isdir(path) and not os.listdir(path):
+                    os.rmdir(path)
             if self.lock_made and os.path.isfile(os.path.join(self.folder, ".lock")):
                 os.unlink(os.path.join(self.folder, ".lock"))
-            if self.made and not os.listdir(self.folder):
+            if self.made and os.path.isdir(self.folder) and not os.listdir(self.folder):
                 os.rmdir(self.folder)
 
     def where_to_go_on(self):
@@ -108,12 +148,43 @@ class Run:
         return f"no epoch had finished, {kept(self.folder, self.continues)}"
 
 
-def saved_epoch(folder):
-    """The last epoch saved in folder (its history.json, written with model.pt), or 0."""
+def why_not_written(error, folder):
+    """What stopped a write, in a few words: torch.save says 'iostream error' where the disk was full."""
+    if getattr(error, "strerror", None):
+        return error.strerror
     try:
-        with open(os.path.join(folder, "history.json")) as f:
-            return len(json.load(f))
-    except (OSError, ValueError, TypeError):
+        stat = os.statvfs(folder)
+        if stat.f_bavail * stat.f_frsize < 2**20:
+            return "No space left on device"
+    except OSError:
+        pass
+    return shown(str(error).splitlines()[0] if str(error) else type(error).__name__)[:200]
+
+
+def lesson_kept(folder):
+    """{name: bytes} of the lesson files the run in folder kept last (its newest lesson folder), or {}."""
+    folders = sorted(glob.glob(os.path.join(glob.escape(folder), "lesson-from-epoch-*")),
+                     key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit() else 0)
+    for candidate in folders[::-1] + [os.path.join(folder, "lesson")]:
+        if os.path.isdir(candidate):
+            found = {}
+            for name in LESSON:
+                path = os.path.join(candidate, name)
+                if os.path.isfile(path):
+                    with open(path, "rb") as f:
+                        found[name] = f.read(MAX_LESSON)
+            return found
+    return {}
+
+
+def saved_epoch(folder):
+    """The last epoch saved in folder/model.pt, or 0."""
+    path = os.path.join(folder, "model.pt")
+    if not os.path.isfile(path):
+        return 0
+    try:
+        return checkpoint.load(path)["epoch"]
+    except UserError:
         return 0
 
 
@@ -125,22 +196,24 @@ def kept(folder, continues=None):
     return f"{shown(continues)} is as it was" if continues else "nothing was saved"
 
 
-def save(folder, ckpt):
-    """model.pt and history.json in folder, written together: a signal waits until both are on disk. A
-    checkpoint that is not one train.py could load again (a loss gone to NaN, say) is refused instead."""
-    problem = checkpoint.problem(ckpt)
-    if problem:
-        last = ckpt["history"][-1]
-        for key, which in (("train_loss", "training"), ("test_loss", "test")):
-            if not math.isfinite(last[key]) or last[key] > 1e30:
-                raise UserError(f"the {which} loss became {last[key]:g} in epoch {ckpt['epoch']}; stopped, "
-                                f"{kept(folder)}. Lower the learning rate (--lr)")
-        raise UserError(f"not saved, train.py could not load it again ({problem}); stopped, {kept(folder)}")
-    data = checkpoint.dumps(ckpt)
-    history = json.dumps(ckpt["history"], indent=1).encode() + b"\n"
-    with signals_held():
-        write(os.path.join(folder, "model.pt"), data)
-        write(os.path.join(folder, "history.json"), history, f"{shown(os.path.join(folder, 'model.pt'))} is saved")
+def resumed(args, model, optimizer):
+    """The checkpoint a --resume run goes on from, as the locked folder holds it, checked against the
+    network and optimizer train.py builds now; its optimizer settings are train.py's now (the lr the
+    saved one, or a --lr given now). Adds the lines that say what changed to args.resuming."""
+    ckpt = checkpoint.load(args.resume)
+    lr = args.lr if args.lr != ckpt["config"]["lr"] else None
+    changes = checkpoint.resumable(ckpt, args.resume, model, optimizer, lr)
+    args.resuming += changes
+    ckpt.setdefault("rng", checkpoint.torch.Generator().manual_seed(ckpt["config"]["seed"]).get_state())
+    return ckpt
+
+
+def save_curves(folder, history):
+    """folder/training_curves.png: loss and accuracy per epoch; returns its path."""
+    from machinery import plots  # matplotlib, only for a run that draws
+
+    ckpt = checkpoint.load(os.path.join(folder, "model.pt"))
+    return plots.save_training_curves(folder, history, checkpoint.described(ckpt["arch"]), ckpt["config"]["seed"])
 
 
 def resumed_settings(parser, argv, args, runs_dir):
@@ -152,7 +225,6 @@ def resumed_settings(parser, argv, args, runs_dir):
     if not path.isprintable():  # train.py prints the folder it writes into: no escape may reach the terminal
         raise UserError(f"{shown(path)}: a name with control characters in it; rename it to resume that run")
     ckpt = checkpoint.load(path)
-    checkpoint.check_resumable(ckpt, path)
     config = ckpt["config"]
     parser.saved_in = shown(path)  # a saved setting that fails its flag's check names the checkpoint
     parser.set_defaults(**{key: str(value) for key, value in config.items() if parser.get_default(key) is not None})

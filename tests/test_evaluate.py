@@ -39,7 +39,8 @@ def test_reports_the_accuracy_train_printed_and_draws_the_pictures_of_that_pass(
     accuracy = last_epoch.split("test loss ")[1].split(" acc ")[1].split("%")[0]
     line = [x for x in stdout.splitlines() if x.startswith("test accuracy: ")][0]
     assert line.startswith(f"test accuracy: {accuracy}% (") and line.endswith("/200)")
-    assert stdout.startswith(f"checkpoint {out / 'model.pt'}: 784-64-10 sigmoid, epoch 2, device cpu")
+    assert stdout.startswith(f"checkpoint {out / 'model.pt'}: Net(fc1: Linear(784, 64), activation: Sigmoid(), "
+                             "fc2: Linear(64, 10)), epoch 2, device cpu")
     lines = stdout.splitlines()
     start = lines.index("confusion matrix (rows: true digit, columns: predicted digit)")
     printed = torch.tensor([[int(v) for v in row.split()[1:]] for row in lines[start + 2: start + 12]])
@@ -51,7 +52,7 @@ def test_reports_the_accuracy_train_printed_and_draws_the_pictures_of_that_pass(
     model = checkpoint.model_from(checkpoint.load(str(out / "model.pt")), "model.pt")
     fc1, fc2, arch, epoch = drawn["hidden_units"]
     assert torch.equal(fc1, model.fc1.weight) and torch.equal(fc2, model.fc2.weight) and (arch, epoch) == (
-        "784-64-10 sigmoid", 2)
+        "Net(fc1: Linear(784, 64), activation: Sigmoid(), fc2: Linear(64, 10))", 2)
     shown, maps, true, said, runners_up = drawn["mistakes_evidence"]  # the most confident mistakes, explained
     picked = plots.pick_mistakes(probs, labels, evaluate.EXPLAINED).tolist()
     assert true == [labels[i].item() for i in picked] and said == [probs[i].argmax().item() for i in picked]

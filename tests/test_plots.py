@@ -33,8 +33,7 @@ def test_schedule_names_each_change_with_its_first_epoch():
 
 def test_training_curves_title_and_lines(figures):
     fig = plots.training_curves(history([0.1, 0.1, 0.05]), "784-128-10 relu", seed=4)
-    assert fig._suptitle.get_text() == ("784-128-10 relu MLP, SGD lr 0.1, 0.05 from epoch 3, batch 64, "
-                                        "seed 4, 3 epochs")
+    assert fig._suptitle.get_text() == "784-128-10 relu\nlr 0.1, 0.05 from epoch 3, batch 64, seed 4, 3 epochs"
     loss_ax, acc_ax = fig.axes
     assert [line.get_label() for line in acc_ax.lines] == ["train", "test"]
     assert list(acc_ax.lines[1].get_ydata()) == [50, 51, 52] and list(loss_ax.lines[0].get_xdata()) == [1, 2, 3]

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from machinery import cli
 from machinery import plots
 from machinery import runs
+import data
 import train
-from conftest import (DEVICES, FAKE_TEST, assert_one_line_error, assert_same_run, in_order, main_error, run_process,
+from conftest import (DEVICES, ROOT, FAKE_TEST, assert_one_line_error, assert_same_run, in_order, main_error, run_process,
                       run_script, train_run)
 from model import Net
 
@@ -66,15 +67,15 @@ def test_prints_one_line_per_epoch_and_saves_everything(trained):
     for i, line in enumerate(lines, 1):
         assert line.startswith(f"epoch {i}/2  train loss ") and " acc " in line and "  test loss " in line
         assert line.endswith("s") and line.count("%") == 2
-    for name in ("model.pt", "history.json", "training_curves.png"):
+    for name in ("model.pt", "training_curves.png", "lesson/model.py", "lesson/data.py", "lesson/train.py"):
         assert os.path.getsize(out / name) > 0
+    for name in ("model.py", "data.py", "train.py"):  # the lesson the run was trained with, as text
+        assert (out / "lesson" / name).read_bytes() == open(os.path.join(ROOT, name), "rb").read()
     assert f"saved {out / 'training_curves.png'}" in stdout
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     ckpt = torch.load(out / "model.pt", weights_only=True)
-    assert ckpt["arch"] == "784-64-10 sigmoid" and ckpt["config"]["lr"] == train.LEARNING_RATE
+    assert ckpt["arch"] == str(Net()) and ckpt["config"]["lr"] == train.LEARNING_RATE
     assert [(h["lr"], h["batch_size"]) for h in ckpt["history"]] == [(train.LEARNING_RATE, train.BATCH_SIZE)] * 2
-    with open(out / "history.json") as f:
-        assert json.load(f) == ckpt["history"]
 
 
 def test_the_curves_show_the_whole_history_and_the_runs_seed(fake_mnist, tmp_path, monkeypatch):
@@ -84,7 +85,8 @@ def test_the_curves_show_the_whole_history_and_the_runs_seed(fake_mnist, tmp_pat
                 "--device", "cpu"])
     (history, arch, seed), = drawn
     ckpt = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
-    assert history == ckpt["history"] and len(history) == 3 and arch == "784-64-10 sigmoid" and seed == 5
+    assert history == ckpt["history"] and len(history) == 3 and seed == 5
+    assert arch == "Net(fc1: Linear(784, 64), activation: Sigmoid(), fc2: Linear(64, 10))"
     with open(tmp_path / "run" / "training_curves.png", "rb") as f:
         assert f.read() == draw(history, arch, seed)
 
@@ -160,8 +162,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, sig, stoppable_train):
     assert line.startswith(f"interrupted ({sig.name}): epoch ") and "continue with: python train.py --resume" in line
     saved = int(line.split("): epoch ")[1].split("/")[0])
     ckpt = torch.load(out / "model.pt", weights_only=True)
-    with open(out / "history.json") as f:
-        assert ckpt["epoch"] == saved >= 2 and json.load(f) == ckpt["history"]
+    assert ckpt["epoch"] == saved >= 2 and len(ckpt["history"]) == saved
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
@@ -169,44 +170,50 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fake_mnist, tm
     out = tmp_path / "run"
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", out, "--epochs", 1, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
-    before = {name: (out / name).read_bytes() for name in ("model.pt", "history.json")}
+    before = {name: (out / name).read_bytes() for name in ("model.pt", "training_curves.png")}
     # a learning rate of 1e38 is finite and valid, and drives the weights to inf within an epoch
     proc = run_script("train.py", "--resume", "--out", out, "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38")
-    assert_one_line_error(proc, "the training loss became nan in epoch 2", f"{out / 'model.pt'} keeps epoch 1", "--lr")
+    assert_one_line_error(proc, "the training loss became nan and the test loss nan in epoch 2: stopped without "
+                          "saving it, the epochs before stay as they were saved", "--lr")
     assert {name: (out / name).read_bytes() for name in before} == before
     proc = run_script("train.py", "--resume", out / "model.pt", "--out", tmp_path / "more", "--data-dir", fake_mnist,
                       "--epochs", 3, "--lr", "1e38")
-    assert_one_line_error(proc, "in epoch 2; stopped, nothing was saved")  # in the new folder; the old one is as it was
+    assert_one_line_error(proc, "in epoch 2: stopped without saving it")  # in the new folder; the old one is as it was
+    assert not (tmp_path / "more").exists()
     assert {name: (out / name).read_bytes() for name in before} == before
     proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 3, "--lr", "1e38", "--device", "cpu",
                       cwd=tmp_path)
-    assert_one_line_error(proc, "in epoch 1; stopped, nothing was saved")
+    assert_one_line_error(proc, "in epoch 1: stopped without saving it")
     assert os.listdir(tmp_path / "runs") == []  # no empty run folder left for compare.py to skip
 
 
-@pytest.mark.parametrize("step, value, said", [("train_one_epoch", float("inf"), "the training loss became inf"),
-                                               ("evaluate", float("nan"), "the test loss became nan")])
+@pytest.mark.parametrize("step, value, said", [("train_one_epoch", float("inf"), "the training loss became inf and"),
+                                               ("evaluate", float("nan"), "and the test loss nan")])
 def test_a_non_finite_training_or_test_loss_alone_stops_the_run(fake_mnist, tmp_path, monkeypatch, step, value, said):
     real = getattr(train, step)
     monkeypatch.setattr(train, step, lambda *args: (value, *real(*args)[1:]))  # the other loss stays finite
     proc = run_script("train.py", "--data-dir", fake_mnist, "--epochs", 2, "--device", "cpu", cwd=tmp_path)
-    assert_one_line_error(proc, f"{said} in epoch 1; stopped, nothing was saved")
+    assert_one_line_error(proc, said, "in epoch 1: stopped without saving it")
     assert os.listdir(tmp_path / "runs") == []
 
 
 def test_ctrl_c_during_a_save_or_the_curves_says_what_is_saved(fake_mnist, tmp_path, monkeypatch):
-    write = runs.write
+    save, calls = torch.save, []
 
-    def interrupted_write(path, data, *hint):  # Ctrl-C arrives while model.pt is written
-        os.kill(os.getpid(), signal.SIGINT)
-        return write(path, data, *hint)
+    def interrupted_save(obj, path, *args, **kwargs):  # Ctrl-C arrives while epoch 2's model.pt is written
+        calls.append(path)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(runs, "write", interrupted_write)
+    monkeypatch.setattr(torch, "save", interrupted_save)
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "a", "--epochs", 3, "--device", "cpu")
-    assert proc.returncode == 130 and proc.stderr.strip() == (
-        f"interrupted (SIGINT): epoch 1/3 is saved in {tmp_path / 'a' / 'model.pt'}; continue with: "
+    monkeypatch.setattr(torch, "save", save)
+    saved = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["epoch"]  # whole: epoch 1, or 2 if it ended
+    assert proc.returncode == 130 and saved in (1, 2) and proc.stderr.strip() == (
+        f"interrupted (SIGINT): epoch {saved}/3 is saved in {tmp_path / 'a' / 'model.pt'}; continue with: "
         f"python train.py --resume {tmp_path / 'a' / 'model.pt'}"), proc.stderr
-    monkeypatch.setattr(runs, "write", write)
+    assert not [f for f in os.listdir(tmp_path / "a") if f.endswith(".tmp")]
 
     def stopped(*args):
         raise KeyboardInterrupt
@@ -256,7 +263,7 @@ def test_a_resumed_run_keeps_its_threads_device_and_data_and_checks_them(fake_mn
     train_run(fake_mnist, out, "--epochs", "1", "--threads", "2")
     torch.set_num_threads(1)
     train.main(["--resume", str(out / "model.pt"), "--epochs", "2", "--no-plots"])  # no --data-dir, --device
-    assert f"run {out}: 784-64-10 sigmoid, device cpu, threads 2," in capsys.readouterr().out
+    assert f"run {out}: Net with 50,890 parameters, device cpu, threads 2," in capsys.readouterr().out
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["config"]["threads"] == 2 and ckpt["config"]["data_dir"] == fake_mnist and ckpt["epoch"] == 2
     for key, value in (("lr", -1.0), ("batch_size", 0), ("seed", 2**64), ("threads", 0), ("epochs", 10**30)):
@@ -264,10 +271,20 @@ def test_a_resumed_run_keeps_its_threads_device_and_data_and_checks_them(fake_mn
         torch.save(bad, tmp_path / "bad.pt")
         line = main_error(train, "--resume", tmp_path / "bad.pt", *(["--epochs", 3] if key != "epochs" else []))
         assert f"{tmp_path / 'bad.pt'}: not a checkpoint of this train.py (config {key} not a " in line, line
-    bad = dict(ckpt, optimizer=torch.optim.SGD(Net().parameters(), lr=0.01, momentum=0.9, maximize=True).state_dict())
-    torch.save(bad, tmp_path / "bad.pt")
-    assert "(optimizer not the plain SGD train.py builds)" in main_error(train, "--resume", tmp_path / "bad.pt",
-                                                                          "--epochs", 3)
+    # Saved by another optimizer's settings: train.py's optimizer as it is now goes on, saying what changed
+    other = dict(ckpt, optimizer=torch.optim.SGD(Net().parameters(), lr=0.01, momentum=0.9, maximize=True).state_dict())
+    (tmp_path / "other").mkdir()
+    torch.save(other, tmp_path / "other" / "model.pt")
+    capsys.readouterr()
+    train.main(["--resume", str(tmp_path / "other" / "model.pt"), "--epochs", "3", "--no-plots"])
+    said = capsys.readouterr().out
+    assert ("maximize True -> False from epoch 3 (train.py's optimizer now)\n"
+            "momentum 0.9 -> 0 from epoch 3 (train.py's optimizer now)\n") in said, said
+    adam = dict(ckpt, optimizer=torch.optim.Adam(Net().parameters()).state_dict())
+    torch.save(adam, tmp_path / "adam.pt")
+    line = main_error(train, "--resume", tmp_path / "adam.pt", "--epochs", 3)
+    assert "adam.pt: trained with another optimizer (its settings: amsgrad, betas, " in line
+    assert "than the one train.py builds now (SGD): undo the edit to train.py to resume" in line
 
 
 @pytest.mark.slow  # a process of its own
@@ -278,5 +295,28 @@ def test_the_commands_run_end_to_end(fake_mnist, tmp_path):
     assert proc.returncode == 0 and proc.stdout.splitlines()[1].startswith("epoch 1/1  train loss "), proc.stderr
     proc = run_process("evaluate.py", out / "model.pt", "--data-dir", fake_mnist, "--device", "cpu")
     assert proc.returncode == 0 and "test accuracy: " in proc.stdout and proc.stderr == "", proc.stderr
-    assert sorted(os.listdir(out)) == [".lock", "confusion_matrix.png", "hidden_units.png", "history.json",
+    assert sorted(os.listdir(out)) == [".lock", "confusion_matrix.png", "hidden_units.png", "lesson",
                                        "mistakes.png", "mistakes_evidence.png", "model.pt", "training_curves.png"]
+
+
+def test_dry_run_takes_one_batch_of_each_through_the_whole_path_and_keeps_nothing(fake_mnist, tmp_path, capsys,
+                                                                                   monkeypatch):
+    steps, tested, saved = [], [], []
+    step, evaluate, save = train.train_step, train.evaluate, torch.save
+
+    def counted(loader):
+        for batch in loader:
+            tested.append(len(batch[1]))
+            yield batch
+
+    monkeypatch.setattr(train, "train_step", lambda *args: steps.append(1) or step(*args))
+    monkeypatch.setattr(train, "evaluate", lambda model, loader, *args: evaluate(model, counted(loader), *args))
+    monkeypatch.setattr(torch, "save", lambda obj, path: saved.append(path) or save(obj, path))
+    monkeypatch.setattr(data, "TEST_BATCH_SIZE", 50)  # four test batches: one is taken
+    monkeypatch.chdir(tmp_path)
+    train.main(["--data-dir", fake_mnist, "--dry-run", "--device", "cpu"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("epoch 1/1  train loss ") and out[-1].startswith("dry run: one batch of each")
+    assert len(steps) == 1 and tested == [50]
+    assert len(saved) == 1 and not os.path.exists(os.path.dirname(saved[0]))  # saved the real way, then removed
+    assert os.listdir(tmp_path) == []
