@@ -48,15 +48,29 @@ def train_run(data_dir, out, *flags, device="cpu"):
     return torch.load(os.path.join(out, "model.pt"), weights_only=True)
 
 
+def same_bits(a, b):
+    """a and b hold the same values bit for bit (-0.0 is not 0.0 here), in dicts, lists and tensors alike."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape and
+                torch.equal(a.detach().reshape(-1).contiguous().view(torch.uint8),
+                            b.detach().reshape(-1).contiguous().view(torch.uint8)))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_bits(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def assert_same_run(a, b):
-    """Two checkpoints of one run, bit for bit: the weights' bits (-0.0 is not 0.0 here), the
-    shuffle, the optimizer, the settings and the history (its seconds aside)."""
+    """Two checkpoints of one run, bit for bit: the weights' bits, the shuffle, the random numbers, the
+    optimizer (and every other state saved beside it), the settings and the history (its seconds aside)."""
     for key in a["model"]:
-        assert torch.equal(a["model"][key].view(torch.int32), b["model"][key].view(torch.int32)), key
-    assert torch.equal(a["generator"], b["generator"])
-    assert a["optimizer"] == b["optimizer"] and a["epoch"] == b["epoch"] and a["config"] == b["config"]
+        assert same_bits(a["model"][key], b["model"][key]), key
     strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"])
+    assert a.keys() == b.keys()
+    for key in a.keys() - {"history"}:
+        assert same_bits(a[key], b[key]), key
 
 
 def write_idx(path, tensor):

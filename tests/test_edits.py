@@ -1,0 +1,244 @@
+"""The edits a learner makes to the lesson take effect and are kept: another optimizer or a scheduler in
+train.py, BatchNorm, Dropout or a CNN in model.py, Normalize or an augmentation in data.py, a key of
+their own in the checkpoint. Each trains and saves every epoch, is evaluated, compared and resumed bit
+for bit, through the real entry points (main(argv), in this process), on the small data set.
+
+train.py is edited as a learner edits it: its text, with a line replaced, run as a module of its own.
+model.py's class is swapped for the learner's (every module that took Net from model.py sees it), and
+data.py's TRANSFORM set, as its constant is edited."""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torchvision import transforms
+
+import compare
+import data
+import evaluate
+import model
+import train
+from conftest import ROOT, assert_same_run, main_error
+from machinery import checkpoint
+
+SEVEN = os.path.join(ROOT, "docs", "example_seven.png")
+OPTIMIZER = "    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)\n"
+
+
+def edited_train(tmp_path, *replacements, name="train_edited"):
+    """train.py's text with each (old, new) replaced, as a module of its own (its file in tmp_path)."""
+    with open(os.path.join(ROOT, "train.py")) as f:
+        text = f.read()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_network(monkeypatch, cls):
+    """model.py's Net edited into cls: train.py, the checkpoint's loader and model.py itself build it."""
+    for module in (model, train, checkpoint):
+        monkeypatch.setattr(module, "Net", cls)
+
+
+def run(script, fake_mnist, out, *flags):
+    script.main(["--data-dir", fake_mnist, "--out", str(out), "--device", "cpu", "--no-plots", *map(str, flags)])
+    return torch.load(out / "model.pt", weights_only=True)
+
+
+def trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys, epochs=3):
+    """The whole life of a run: trained `epochs` epochs straight, and again stopped after one and resumed;
+    both end bit for bit alike. Evaluated, compared, and its answer for a photo read. Returns the run."""
+    whole = run(script, fake_mnist, tmp_path / "whole", "--epochs", epochs)
+    assert whole["epoch"] == epochs and len(whole["history"]) == epochs
+    run(script, fake_mnist, tmp_path / "resumed", "--epochs", 1)
+    resumed = run(script, fake_mnist, tmp_path / "resumed", "--epochs", epochs, "--resume",
+                  tmp_path / "resumed" / "model.pt")
+    assert_same_run(whole, resumed)
+    capsys.readouterr()
+    evaluate.main([str(tmp_path / "whole" / "model.pt"), "--data-dir", fake_mnist, "--no-plots"])
+    report = capsys.readouterr().out
+    assert f"test accuracy: {whole['history'][-1]['test_acc']:.2f}%" in report, report
+    evaluate.main([str(tmp_path / "whole" / "model.pt"), "--image", SEVEN])
+    assert f"{SEVEN}: " in capsys.readouterr().out
+    compare.main([str(tmp_path / "whole"), str(tmp_path / "resumed"), "--out", str(tmp_path / "c.png")])
+    assert "whole" in capsys.readouterr().out and (tmp_path / "c.png").exists()
+    return whole
+
+
+@pytest.mark.parametrize("optimizer", [
+    "torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)",
+    "torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)",
+    "torch.optim.Adam(model.parameters(), lr=1e-3)",
+    "torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)",
+    "torch.optim.RMSprop(model.parameters(), lr=1e-3)",
+])
+def test_another_optimizer(fake_mnist, tmp_path, capsys, optimizer):
+    script = edited_train(tmp_path, (OPTIMIZER, f"    optimizer = {optimizer}\n"))
+    ckpt = trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys)
+    group = ckpt["optimizer"]["param_groups"][0]
+    if "momentum=0.9" in optimizer:
+        assert group["momentum"] == 0.9 and all("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())
+    else:
+        assert ckpt["optimizer"]["state"][0]["step"] == 3 * 10  # 3 epochs of 10 batches: its own state, kept
+    plain = run(train, fake_mnist, tmp_path / "plain", "--epochs", 3)
+    assert not torch.equal(plain["model"]["fc1.weight"], ckpt["model"]["fc1.weight"])  # the edit took effect
+
+
+def test_a_scheduler_saved_in_the_dict_resumes_where_it_was(fake_mnist, tmp_path, capsys):
+    """StepLR halving the rate every epoch, stepped after each epoch and saved beside the optimizer."""
+    script = edited_train(
+        tmp_path,
+        (OPTIMIZER, OPTIMIZER + "    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)\n"),
+        ("            optimizer.load_state_dict(ckpt[\"optimizer\"])\n",
+         "            optimizer.load_state_dict(ckpt[\"optimizer\"])\n"
+         "            scheduler.load_state_dict(ckpt[\"scheduler\"])\n"),
+        ("            seconds = time.perf_counter() - start\n",
+         "            seconds = time.perf_counter() - start\n            scheduler.step()\n"),
+        ("\"optimizer\": optimizer.state_dict(),", "\"optimizer\": optimizer.state_dict(), "
+                                                  "\"scheduler\": scheduler.state_dict(),"))
+    ckpt = trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys)
+    assert ckpt["scheduler"]["last_epoch"] == 3 and ckpt["optimizer"]["param_groups"][0]["lr"] == 0.01 / 8
+
+
+def test_another_loss_in_train_step(fake_mnist, tmp_path, capsys):
+    script = edited_train(tmp_path, ("    loss = F.cross_entropy(logits, y)\n",
+                                     "    loss = F.cross_entropy(logits, y, label_smoothing=0.1)\n"))
+    ckpt = trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys)
+    plain = run(train, fake_mnist, tmp_path / "plain", "--epochs", 3)
+    assert ckpt["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+
+
+def test_a_key_of_ones_own_is_kept_and_read_back(fake_mnist, tmp_path, capsys):
+    script = edited_train(tmp_path, ("\"config\": config,", "\"config\": config, \"note\": \"my run\", "
+                                                           "\"mean\": torch.tensor([0.1307]),"))
+    ckpt = trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys)
+    loaded = checkpoint.load(str(tmp_path / "whole" / "model.pt"))
+    assert loaded["note"] == "my run" == ckpt["note"] and torch.equal(loaded["mean"], torch.tensor([0.1307]))
+
+
+class BatchNormDropout(nn.Module):
+    """model.py with BatchNorm and Dropout added, and a second, wider hidden layer of ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 128)
+        self.bn = nn.BatchNorm1d(128)
+        self.dropout = nn.Dropout(0.2)
+        self.fc2 = nn.Linear(128, 64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.dropout(torch.relu(self.bn(self.fc1(x.flatten(1)))))
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+class ConvNet(nn.Module):
+    """pytorch/examples' MNIST network, narrower: Conv2d, max-pooling, dropout and two Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, 1)
+        self.conv2 = nn.Conv2d(8, 16, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.fc1 = nn.Linear(16 * 12 * 12, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv2(torch.relu(self.conv1(x)))), 2)
+        return self.fc2(torch.relu(self.fc1(self.dropout1(x).flatten(1))))
+
+
+@pytest.mark.parametrize("network", [BatchNormDropout, ConvNet])
+def test_another_network(fake_mnist, tmp_path, capsys, monkeypatch, network):
+    """Dropout draws random numbers: resuming bit for bit needs the random state saved with the run."""
+    with_network(monkeypatch, network)
+    ckpt = trains_saves_evaluates_compares_and_resumes(train, fake_mnist, tmp_path, capsys)
+    assert ckpt["arch"] == str(network()) and network.__name__ in checkpoint.described(ckpt["arch"])
+    if network is BatchNormDropout:
+        assert ckpt["model"]["bn.num_batches_tracked"] == 3 * 10  # an int64 counter, kept
+    else:
+        assert "Linear(2304, 32)" in checkpoint.described(ckpt["arch"]) and "Conv2d(8, 16" in ckpt["arch"]
+    train.main(["--data-dir", fake_mnist, "--out", str(tmp_path / "again"), "--device", "cpu", "--epochs", "1"])
+    assert f"run {tmp_path / 'again'}: {network.__name__} with " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("transform", [
+    transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]),
+    transforms.Compose([transforms.Pad(2), transforms.Resize(28), transforms.ToTensor()]),
+    transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: 1 - x)]),
+])
+def test_a_deterministic_transform_is_applied_by_the_fast_loader_bit_for_bit(fake_mnist, tmp_path, monkeypatch,
+                                                                              transform):
+    monkeypatch.setattr(data, "TRANSFORM", transform)
+    fast = run(train, fake_mnist, tmp_path / "fast", "--epochs", 2)
+    classic = run(train, fake_mnist, tmp_path / "classic", "--epochs", 2, "--loader", "classic")
+    for key in fast["model"]:
+        assert torch.equal(fast["model"][key], classic["model"][key]), key
+    batch, _ = next(iter(data.build_test_loader(fake_mnist)))  # the fast loader's
+    dataset = data.load_mnist(fake_mnist, train=False)
+    assert torch.equal(batch, torch.stack([dataset[i][0] for i in range(len(batch))]))  # what data.py makes
+    monkeypatch.undo()
+    plain = run(train, fake_mnist, tmp_path / "plain", "--epochs", 2)
+    assert not torch.equal(plain["model"]["fc1.weight"], fast["model"]["fc1.weight"])  # it took effect
+    assert not torch.equal(next(iter(data.build_test_loader(fake_mnist)))[0], batch)
+
+
+def test_a_random_transform_draws_anew_every_epoch_and_resumes_bit_for_bit(fake_mnist, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.setattr(data, "TRANSFORM", transforms.Compose([transforms.RandomRotation(20), transforms.ToTensor()]))
+    train_loader, _ = data.build_loaders(fake_mnist, 64, 0, "fast")
+    said = capsys.readouterr().out
+    assert "loader classic: data.py's transform draws random numbers (RandomRotation), so each image is " in said
+    first, second = (torch.cat([x for x, _ in train_loader]) for _ in range(2))
+    assert first.shape == second.shape and not torch.equal(first.sort().values, second.sort().values)
+    trains_saves_evaluates_compares_and_resumes(train, fake_mnist, tmp_path, capsys)
+
+
+def test_a_lambda_drawing_noise_is_seen_to_be_random(fake_mnist, monkeypatch, capsys):
+    """A Lambda's randomness has no name to go by: the transform is run with several seeds to see it."""
+    noisy = transforms.Compose([transforms.ToTensor(), transforms.Lambda(lambda x: x + 0.1 * torch.randn_like(x))])
+    monkeypatch.setattr(data, "TRANSFORM", noisy)
+    state = torch.get_rng_state()
+    train_loader, _ = data.build_loaders(fake_mnist, 64, 0, "fast")
+    assert torch.equal(torch.get_rng_state(), state)  # looking changed no random state
+    assert "draws random numbers (ToTensor, Lambda)" in capsys.readouterr().out
+    assert type(train_loader.dataset).__name__ == "MNIST"  # the classic loader's own data set
+
+
+def test_old_runs_are_refused_with_where_their_own_model_py_is(fake_mnist, tmp_path, capsys, monkeypatch):
+    """A learner's uncommitted network is never lost: the refusal names the run's kept model.py."""
+    with_network(monkeypatch, ConvNet)
+    run(train, fake_mnist, tmp_path / "cnn", "--epochs", 1)
+    kept = tmp_path / "cnn" / "lesson" / "model.py"
+    assert kept.read_text() == open(os.path.join(ROOT, "model.py")).read()
+    monkeypatch.undo()
+    for module, args in ((evaluate, [tmp_path / "cnn" / "model.pt", "--no-plots"]),
+                         (train, ["--resume", tmp_path / "cnn" / "model.pt", "--epochs", 2])):
+        line = main_error(module, *args, "--data-dir", fake_mnist)
+        assert "holds a ConvNet(conv1: Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1)), conv2: " in line, line
+        assert f"diff model.py {kept}" in line, line
+
+
+def test_a_resumed_run_whose_lesson_changed_keeps_both(fake_mnist, tmp_path, capsys, monkeypatch):
+    run(train, fake_mnist, tmp_path / "a", "--epochs", 1)
+    run(train, fake_mnist, tmp_path / "b", "--epochs", 1)
+    original = (tmp_path / "a" / "lesson" / "train.py").read_text()
+    edited = original.replace("EPOCHS = 30", "EPOCHS = 31")
+    (tmp_path / "b" / "lesson" / "train.py").write_text(edited)  # as if b was trained with another train.py
+    capsys.readouterr()
+    compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert f"train.py differs between the runs: the same within each group of {tmp_path / 'a'}; {tmp_path / 'b'}" \
+        in out, out
+    assert "model.py differs" not in out and "data.py differs" not in out
+    run(train, fake_mnist, tmp_path / "b", "--epochs", 2, "--resume", tmp_path / "b" / "model.pt")
+    assert (tmp_path / "b" / "lesson" / "train.py").read_text() == edited  # what it started with, as it was
+    assert (tmp_path / "b" / "lesson-from-epoch-2" / "train.py").read_text() == original  # what epoch 2 ran
