@@ -40,14 +40,23 @@ class GraphedStep:
         self.step, self.device = step, device
         self.stream = torch.cuda.Stream(device)  # warm-up and capture on a side stream (PyTorch's notes)
         self.graphs, self.seen, self.bound = {}, {}, None
+        self.unrecordable = None  # why the step cannot be recorded: it then runs as written, eagerly
 
     def __call__(self, model, optimizer, x, y):
+        if self.unrecordable:
+            return self.step(model, optimizer, x, y)
         bound = binding(model, optimizer)
         if bound != self.bound:  # other weights, optimizer state or lr: what was recorded no longer fits
             self.graphs, self.seen, self.bound = {}, {}, bound
         size = (x.shape, y.shape)
         if size not in self.graphs and self.seen.get(size, 0) >= WARMUP_STEPS:
-            self.graphs[size] = self.capture(model, optimizer, x, y)
+            try:
+                self.graphs[size] = self.capture(model, optimizer, x, y)
+            except RuntimeError as e:  # an optimizer that cannot be recorded (Adam without capturable=True), ...
+                self.unrecordable = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                print(f"train_step runs as written, eagerly: it cannot be recorded as a CUDA graph "
+                      f"({self.unrecordable}); --no-cuda-graph says so from the start")
+                return self.step(model, optimizer, x, y)
         if size not in self.graphs:
             self.seen[size] = self.seen.get(size, 0) + 1
             return self.eager(model, optimizer, x, y)

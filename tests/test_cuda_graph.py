@@ -138,6 +138,25 @@ def test_the_graph_records_the_step_train_py_defines_as_edited(fake_mnist, tmp_p
     assert not torch.equal(graphed["model"]["fc1.weight"], plain["model"]["fc1.weight"])
 
 
+def test_a_step_that_cannot_be_recorded_runs_as_written_and_says_so(fake_mnist, tmp_path, stand_in, monkeypatch,
+                                                                    capsys):
+    """Adam without capturable=True refuses to be recorded (torch raises while capturing): the run goes on
+    eagerly, bit for bit as --no-cuda-graph, with one line saying why."""
+    def refused(step, stream, device):
+        raise RuntimeError("Attempting CUDA graph capture of step() for an instance of Adam but param_groups' "
+                           "capturable is False.")
+
+    eager = train_run(fake_mnist, tmp_path / "eager", "--epochs", 2, "--no-cuda-graph")
+    monkeypatch.setattr(cuda_graph, "record", refused)
+    monkeypatch.setattr(cuda_graph, "replayed", lambda step, device: cuda_graph.GraphedStep(step, device))
+    capsys.readouterr()
+    graphed = train_run(fake_mnist, tmp_path / "graphed", "--epochs", 2)
+    said = capsys.readouterr().out
+    assert said.count("train_step runs as written, eagerly: it cannot be recorded as a CUDA graph (Attempting CUDA "
+                      "graph capture of step() for an instance of Adam") == 1, said
+    assert_same_run(graphed, eager)
+
+
 def test_cpu_trains_train_step_as_written(fake_mnist, tmp_path, monkeypatch):
     def no_graph(step, device):
         raise AssertionError(f"a CUDA graph on {device}")
