@@ -14,6 +14,7 @@ import sys
 
 from machinery import checkpoint
 from machinery import cli
+from machinery import paths
 from machinery import plots
 from machinery import runs
 from train import RUNS_DIR
@@ -85,6 +86,7 @@ def main(argv=None):
     p.add_argument("--out", type=picture_file, default=os.path.join(RUNS_DIR, "compare.png"),
                    help="where to draw the picture, in the format its suffix names")
     args = p.parse_args(argv)
+    paths.check_target(args.out, "a picture", "move it, or pass another --out")  # a FIFO, a folder: not waited on
     if os.path.lexists(args.out) and not plots.drawn_here(args.out):  # a file of the user's own: theirs
         raise cli.UserError(f"{cli.shown(args.out)} is not a picture compare.py drew, so it stays as it is: "
                             "move it, or pass another --out")

@@ -9,9 +9,11 @@ import warnings
 
 import torch
 
+from machinery import paths
 from machinery import runs
 
-SOFTWARE = "MNIST classifier, plots.py"  # written into every PNG drawn here (drawn_here)
+SOFTWARE = "MNIST classifier, plots.py"  # written into every picture drawn here, in each format (drawn_here)
+MARK_BYTES = 64 * 2**10  # where drawn_here looks for it: the file's first and last 64 KB (a PDF's Info is last)
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid
 LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover the lines
 MAX_TILES = 512  # hidden units drawn at most: a 784-20000-10 network would take minutes and 50 MB
@@ -45,13 +47,19 @@ def png(fig, format="png"):
 
 
 def drawn_here(path):
-    """Whether the file at path is a picture drawn here (its PNG names SOFTWARE): one the scripts may draw
-    again over. Any other file in its place is the user's, and stays as it is."""
+    """Whether the file at path is a picture drawn here (it names SOFTWARE, in any of FORMATS): one the scripts
+    may draw again over. Any other file in its place is the user's, and stays as it is; one that is not a
+    regular file (a FIFO, a folder) is not looked into (paths.check_target says what it is)."""
     try:
-        with open(path, "rb") as f:
-            return f"tEXtSoftware\0{SOFTWARE}".encode() in f.read(4096)
-    except OSError:
+        with paths.open_regular(path, "", "") as f:
+            head = f.read(MARK_BYTES)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - MARK_BYTES))
+            tail = f.read(MARK_BYTES)
+    except (OSError, runs.UserError):
         return False
+    if head.startswith(b"\x89PNG"):
+        return f"tEXtSoftware\0{SOFTWARE}".encode() in head
+    return SOFTWARE.encode() in head or SOFTWARE.encode() in tail
 
 
 def clip(value):
