@@ -84,6 +84,19 @@ def open_file(path):
                               "scale it down, or save it again with an image program", named=False)
 
 
+def check_mode(image):
+    """UserError unless Pillow can turn this image's mode into grey (it cannot a LAB TIFF's, and said so in
+    its own words): tried on one pixel, before anything is decoded."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # to_gray reads these itself
+        return
+    alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info  # as to_gray has it
+    try:
+        Image.new(image.mode, (1, 1)).convert("RGBA" if alpha else "L")
+    except (ValueError, OSError, KeyError):
+        raise UserError(f"its colours are in {image.mode} mode, which this cannot turn into grey: save it again "
+                        "as RGB or greyscale with an image program") from None
+
+
 class Quiet:
     """Pillow's warnings on a damaged file ('Corrupt EXIF data'), its log lines ('More samples per
     pixel than can be decoded', which logging's last resort prints) and what libtiff prints to
@@ -170,6 +183,7 @@ def decoded(f, max_pixels):
     to at most WORK_SIDE."""
     image, pieces_ns = opened(f)
     with image:
+        check_mode(image)
         check_cost(image, f, pieces_ns, max_pixels)
         # Whether there are more frames, not how many: counting reads every one (a 3 MB TIFF of
         # 30,000 directories took 11 s), where this looks at the next one at most.

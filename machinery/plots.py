@@ -42,8 +42,22 @@ def png(fig, format="png"):
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # a glyph the font lacks (a run named in CJK) is drawn as a box, silently
         warnings.simplefilter("ignore")
-        fig.savefig(buffer, format=format, dpi=100, metadata={"Software": SOFTWARE} if format == "png" else None)
+        fig.savefig(buffer, format=format, dpi=100, **marked(format))
     return buffer.getvalue()
+
+
+def marked(format):
+    """savefig's arguments that write SOFTWARE into a picture of this format: PNG's Software text, SVG's and
+    PDF's Creator, the EXIF Software tag of a JPEG, WebP or TIFF (which matplotlib leaves to Pillow)."""
+    if format == "png":
+        return {"metadata": {"Software": SOFTWARE}}
+    if format in ("svg", "pdf"):
+        return {"metadata": {"Creator": SOFTWARE}}
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0131] = SOFTWARE  # Software
+    return {"pil_kwargs": {"exif": exif.tobytes()}}
 
 
 def drawn_here(path):
