@@ -50,7 +50,7 @@ def ensure(data_dir, train):
     """Raise UserError unless this split's two files are in place and sound; download if missing."""
     raw, split = raw_folder(data_dir), "train" if train else "t10k"
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {os.path.abspath(data_dir)} is a file, not a folder: "
+        raise UserError(f"--data-dir {os.path.abspath(data_dir)} is {paths.kind(data_dir) or 'a file'}, not a folder: "
                         "pass the folder that holds MNIST/raw/")
     for name in IDX_FILES:
         problem = kind_problem(os.path.join(raw, name))

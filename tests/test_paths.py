@@ -85,6 +85,19 @@ def refused(call, fifo=None):
     return str(error)
 
 
+def test_a_device_is_named_as_one(tmp_path):
+    os.symlink("/dev/null", tmp_path / "null.png")
+    line = refused(lambda: paths.open_regular(str(tmp_path / "null.png"), "an image", "pass an image file"))
+    assert line == f"{tmp_path / 'null.png'} is a device, not a regular file, so not an image: pass an image file"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_data_dir_that_is_not_a_folder(tmp_path, kind):
+    path = make(tmp_path / "data", kind)
+    line = refused(lambda: mnist_files.ensure(path, train=False), path)
+    assert line == f"--data-dir {path} is {said(path, kind)}, not a folder: pass the folder that holds MNIST/raw/"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_gate_names_what_a_path_is(tmp_path, kind):
     path = make(tmp_path / "thing", kind)
