@@ -35,12 +35,12 @@ def read_runs(folders):
             skipped.append(f"skipped {cli.shown(folder)}: a name with control characters in it")
             continue
         if not os.path.isfile(path):
-            skipped.append(f"skipped {folder}: no model.pt, not a run")
+            skipped.append(f"skipped {cli.shown(folder)}: no model.pt, not a run")
             continue
         try:
             ckpt = checkpoint.load(path)
         except cli.UserError as e:
-            skipped.append(f"skipped {folder}: {e}")
+            skipped.append(f"skipped {cli.shown(folder)}: {e}")
             continue
         history = ckpt["history"]
         settings = {"arch": ckpt["arch"], "lr": plots.schedule(history, "lr"),
@@ -75,7 +75,7 @@ def table(found, differing):
 def picture_file(text):
     """An argparse type: a file name whose suffix names a format plots.py writes."""
     if os.path.splitext(text)[1][1:].lower() not in plots.FORMATS:
-        raise argparse.ArgumentTypeError(f"{text!r} does not end in a picture format compare.py writes: "
+        raise argparse.ArgumentTypeError(f"'{cli.shown(text)}' does not end in a picture format compare.py writes: "
                                          f"use .{', .'.join(plots.FORMATS)}")
     return text
 
@@ -98,7 +98,7 @@ def main(argv=None):
     for line in skipped:
         print(line, file=sys.stderr)
     if not found:
-        raise cli.UserError(f"no runs to compare in {', '.join(args.runs) or os.path.abspath(RUNS_DIR)}: "
+        raise cli.UserError(f"no runs to compare in {cli.shown(', '.join(args.runs) or os.path.abspath(RUNS_DIR))}: "
                             "train some with python train.py")
     differing = [k for k in SETTINGS if len({str(s[k]) for _, s, _ in found}) > 1]
     print(table(found, differing))

@@ -275,4 +275,4 @@ def unused_name(folder, filename, suffix, taken):
         if path not in taken and not os.path.lexists(path):
             taken.add(path)
             return path
-    raise UserError(f"{folder} holds too many files named {stem}*{suffix}; pass --save-input DIR")
+    raise UserError(f"{shown(folder)} holds too many files named {shown(stem)}*{suffix}; pass --save-input DIR")

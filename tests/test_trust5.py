@@ -122,6 +122,15 @@ def test_a_flag_value_of_100000_characters_is_shown_short():
     assert "9' is not a whole number; see python train.py --help" in proc.stderr
 
 
+def test_compare_shows_a_long_run_name_short(tmp_path):
+    long = tmp_path / ("r" * 250)
+    long.mkdir()
+    proc = run_script("compare.py", long, "--out", tmp_path / "c.png")
+    assert proc.returncode == 1 and "…[" in proc.stderr and max(map(len, proc.stderr.splitlines())) < 700
+    proc = run_script("compare.py", "--out", "x" * 100_000 + ".gif")
+    assert proc.returncode == 2 and "…[100,004 characters]…" in proc.stderr and len(proc.stderr) < 1000
+
+
 # --- --threads: at most the CPUs there are ---
 
 @pytest.fixture()
