@@ -96,10 +96,13 @@ def cpus():
 def threads(text):
     """An argparse type: a number of CPU threads, from 1 to the CPUs there are (more only wait for each
     other: --threads 1024 on 2 cores had not finished an epoch in 150 s)."""
-    value = int_in(1, 2**31 - 1)(text)
-    if value > cpus():
-        raise argparse.ArgumentTypeError(f"{value} threads is more than the {cpus()} CPU(s) this machine gives "
-                                         f"this process: use 1 to {cpus()}")
+    value, most = int_in(-2**63, 2**63)(text), cpus()
+    if value > most:
+        raise argparse.ArgumentTypeError(f"{value} threads is more than the {most} CPU(s) this machine gives "
+                                         f"this process: use 1 to {most}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use 1 to {most}, the CPU(s) this machine "
+                                         "gives this process")
     return value
 
 

@@ -53,9 +53,10 @@ def check_target(path, what, hint, named=True):
 
 
 def open_regular(path, what, hint, max_bytes=None, larger="", named=True, flags=os.O_RDONLY):
-    """The regular file at path, opened (binary, unbuffered for writing flags) without blocking; UserError
-    if it is anything else, is missing (unless flags has O_CREAT), or is over max_bytes: then the line
-    gives its size and `larger` (what the bound is, and what to do)."""
+    """The regular file at path as a binary file object, opened without blocking (flags: os.O_RDONLY, or
+    O_WRONLY with O_APPEND and O_CREAT for a lock file); UserError if it is anything else, is missing
+    (unless flags has O_CREAT), or is over max_bytes by its descriptor's size: then the line gives its
+    size and `larger` (what the bound is, and what to do)."""
     found = kind(path)
     if found:
         raise UserError(refusal(path, found, what, hint, named))

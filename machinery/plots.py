@@ -11,6 +11,7 @@ import torch
 
 from machinery import paths
 from machinery import runs
+from machinery.cli import UserError
 
 SOFTWARE = "MNIST classifier, plots.py"  # written into every picture drawn here, in each format (drawn_here)
 MARK_BYTES = 64 * 2**10  # where drawn_here looks for it: the file's first and last 64 KB (a PDF's Info is last)
@@ -69,7 +70,7 @@ def drawn_here(path):
             head = f.read(MARK_BYTES)
             f.seek(max(0, os.fstat(f.fileno()).st_size - MARK_BYTES))
             tail = f.read(MARK_BYTES)
-    except (OSError, runs.UserError):
+    except (OSError, UserError):
         return False
     if head.startswith(b"\x89PNG"):
         return f"tEXtSoftware\0{SOFTWARE}".encode() in head

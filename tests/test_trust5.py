@@ -151,6 +151,8 @@ def test_threads_up_to_the_cpus_there_are(three_cpus, capsys):
                "use 1 to 3; see python" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         train.parse_args(["--threads", "0"])
+    assert "argument --threads: 0 is out of range: use 1 to 3, the CPU(s) this machine gives this process" \
+        in capsys.readouterr().err
 
 
 def test_a_saved_threads_setting_over_the_cpus_is_refused_on_resume(trained, tmp_path, three_cpus):
