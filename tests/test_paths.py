@@ -102,7 +102,8 @@ def test_data_dir_that_is_not_a_folder(tmp_path, kind):
 def test_the_gate_names_what_a_path_is(tmp_path, kind):
     path = make(tmp_path / "thing", kind)
     line = refused(lambda: paths.open_regular(path, "a checkpoint", "pass the model.pt a run wrote"), path)
-    assert line == f"{path} is {said(path, kind)}, not a regular file, so not a checkpoint: pass the model.pt a run wrote"
+    assert line == (f"{path} is {said(path, kind)}, not a regular file, so not a checkpoint: "
+                    "pass the model.pt a run wrote")
     assert refused(lambda: paths.check_target(path, "a picture", "pass another --out"), path) == line.replace(
         "a checkpoint: pass the model.pt a run wrote", "a picture: pass another --out")
     (tmp_path / "file").write_bytes(b"x")
@@ -171,7 +172,8 @@ def test_train_out_with_a_lock_that_is_not_a_file(fake_mnist, tmp_path, kind):
     lock = make(out / ".lock", kind)
     line = refused(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--epochs", "1",
                                        "--device", "cpu", "--no-plots"]), lock)
-    assert line == f"{lock} is {said(lock, kind)}, not a regular file, so not a lock file: remove it, or pass another --out"
+    assert line == (f"{lock} is {said(lock, kind)}, not a regular file, so not a lock file: "
+                    "remove it, or pass another --out")
     assert os.listdir(out) == [".lock"] and os.path.lexists(lock)
 
 

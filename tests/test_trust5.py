@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 import evaluate
 import train
 from conftest import ROOT, main_error, run_script
-from machinery import checkpoint, cli, mnist_files, photo, plots, runs
+from machinery import cli, mnist_files, photo, plots, runs
 
 MB = 2**20
 
