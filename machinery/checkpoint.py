@@ -261,13 +261,14 @@ def load(path, map_location="cpu"):
     with opened(path) as f:  # checked and read through one descriptor: nothing swapped in between
         check_archive(path, f)
         f.seek(0)
-        try:
-            with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
-                warnings.simplefilter("ignore")
-                ckpt = torch.load(f, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise UserError(f"{name}: not a readable checkpoint, damaged or truncated "
-                            f"({type(e).__name__}); {TRAIN_AGAIN}") from None
+        contents = io.BytesIO(f.read(MAX_BYTES))
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(contents, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{name}: not a readable checkpoint, damaged or truncated "
+                        f"({type(e).__name__}); {TRAIN_AGAIN}") from None
     found = problem(ckpt)
     if found:
         raise UserError(f"{name}: not a checkpoint of this train.py ({found}); {TRAIN_AGAIN}")
