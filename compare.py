@@ -15,6 +15,7 @@ import sys
 
 from machinery import checkpoint
 from machinery import cli
+from machinery import paths
 from machinery import plots
 from machinery import runs
 from train import RUNS_DIR
@@ -35,12 +36,12 @@ def read_runs(folders):
             skipped.append(f"skipped {cli.shown(folder)}: a name with control characters in it")
             continue
         if not os.path.isfile(path):
-            skipped.append(f"skipped {folder}: no model.pt, not a run")
+            skipped.append(f"skipped {cli.shown(folder)}: no model.pt, not a run")
             continue
         try:
             ckpt = checkpoint.load(path)
         except cli.UserError as e:
-            skipped.append(f"skipped {folder}: {e}")
+            skipped.append(f"skipped {cli.shown(folder)}: {e}")
             continue
         history = ckpt["history"]
         settings = {"arch": checkpoint.described(ckpt["arch"]), "lr": plots.schedule(history, "lr"),
@@ -91,7 +92,7 @@ def lesson_differences(found):
 def picture_file(text):
     """An argparse type: a file name whose suffix names a format plots.py writes."""
     if os.path.splitext(text)[1][1:].lower() not in plots.FORMATS:
-        raise argparse.ArgumentTypeError(f"{text!r} does not end in a picture format compare.py writes: "
+        raise argparse.ArgumentTypeError(f"'{cli.shown(text)}' does not end in a picture format compare.py writes: "
                                          f"use .{', .'.join(plots.FORMATS)}")
     return text
 
@@ -102,6 +103,7 @@ def main(argv=None):
     p.add_argument("--out", type=picture_file, default=os.path.join(RUNS_DIR, "compare.png"),
                    help="where to draw the picture, in the format its suffix names")
     args = p.parse_args(argv)
+    paths.check_target(args.out, "a picture", "move it, or pass another --out")  # a FIFO, a folder: not waited on
     if os.path.lexists(args.out) and not plots.drawn_here(args.out):  # a file of the user's own: theirs
         raise cli.UserError(f"{cli.shown(args.out)} is not a picture compare.py drew, so it stays as it is: "
                             "move it, or pass another --out")
@@ -113,7 +115,7 @@ def main(argv=None):
     for line in skipped:
         print(line, file=sys.stderr)
     if not found:
-        raise cli.UserError(f"no runs to compare in {', '.join(args.runs) or os.path.abspath(RUNS_DIR)}: "
+        raise cli.UserError(f"no runs to compare in {cli.shown(', '.join(args.runs) or os.path.abspath(RUNS_DIR))}: "
                             "train some with python train.py")
     differing = [k for k in SETTINGS if len({str(s[k]) for _, s, _ in found}) > 1]
     print(table(found, differing))

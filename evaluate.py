@@ -18,6 +18,7 @@ from machinery import checkpoint
 from machinery import cli
 import data
 from machinery import evidence
+from machinery import paths
 from machinery import photo
 from machinery import plots
 from machinery import runs
@@ -114,6 +115,7 @@ def main(argv=None):
     if not args.no_plots:
         runs.check_writable(folder, hint)
         for name in names:  # a picture of the user's own in the way is theirs: nothing is drawn over it
+            paths.check_target(os.path.join(folder, name), "a picture", f"move it, or {hint}")  # a FIFO: no wait
             if os.path.lexists(os.path.join(folder, name)) and not plots.drawn_here(os.path.join(folder, name)):
                 raise cli.UserError(f"{cli.shown(os.path.join(folder, name))} is not a picture evaluate.py drew, "
                                     f"so it stays as it is: move it, or {hint}")

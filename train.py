@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=cli.int_in(1, 2**31 - 1), default=BATCH_SIZE, help="images per step")
     p.add_argument("--lr", type=cli.learning_rate, default=LEARNING_RATE, help="SGD learning rate")
     p.add_argument("--seed", type=cli.int_in(0, 2**63 - 1), default=SEED, help="weights and shuffle seed")
-    p.add_argument("--threads", type=cli.int_in(1, 1024), default=THREADS, help="CPU threads")
+    p.add_argument("--threads", type=cli.threads, default=THREADS, help="CPU threads, at most the CPUs there are")
     p.add_argument("--data-dir", default=DATA_DIR, help="folder that holds MNIST/raw/")
     p.add_argument("--out", metavar="DIR", help=f"write into exactly DIR (default: a new folder in {RUNS_DIR}/)")
     p.add_argument("--device", type=cli.device_name, default=DEVICE, help="auto, cpu, cuda, cuda:N or mps")

@@ -12,6 +12,7 @@ containers, within bounds on bytes, values, depth and tensor sizes. The keys tra
 checked as it writes them; a key a learner adds holds any such plain value or tensor.
 """
 import glob
+import io
 import math
 import os
 import pickletools
@@ -26,6 +27,7 @@ from torch import nn
 
 import data
 import model as model_py
+from machinery import paths
 from machinery.cli import UserError, shown
 from model import Net
 
@@ -34,6 +36,7 @@ MAX_PICKLE = 2**20  # the dict without its tensors: a history of about 12,000 ep
 MAX_VALUES = 200_000  # values in the dict, every container's entries counted
 MAX_DEPTH = 32  # containers within containers
 MAX_TEXT = 100_000  # characters in one string (a network's description, a note)
+MAX_KEY = 1000  # characters in the name of a key
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
           torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
 STORAGES = ("Float", "Double", "Half", "BFloat16", "ComplexFloat", "ComplexDouble", "Long", "Int", "Short",
@@ -60,15 +63,24 @@ def unsafe_global(pickle_bytes):
     return None
 
 
-def check_archive(path):
-    """Raise UserError unless path looks like a torch.save of a small dict (before unpickling it)."""
-    name, size = shown(path), os.path.getsize(path)
-    if size > MAX_BYTES:
-        raise UserError(f"{name}: {size / 2**20:.0f} MB, larger than any checkpoint train.py writes "
-                        f"({MAX_BYTES // 2**20} MB at most); {TRAIN_AGAIN}")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read()
+def opened(path):
+    """The checkpoint file at path, opened through the path gate: a regular file of at most MAX_BYTES by its
+    descriptor's size (a FIFO, a socket or a dangling link is refused, not waited on), else UserError."""
+    return paths.open_regular(path, "a checkpoint", TRAIN_AGAIN, MAX_BYTES,
+                              f"larger than any checkpoint train.py writes ({MAX_BYTES // 2**20} MB at most); "
+                              + TRAIN_AGAIN)
+
+
+def check_archive(path, f=None):
+    """Raise UserError unless path (or f, the file opened from it) looks like a torch.save of a small dict
+    (before unpickling it)."""
+    if f is None:
+        with opened(path) as f:
+            return check_archive(path, f)
+    name = shown(path)
+    if not zipfile.is_zipfile(f):
+        f.seek(0)
+        head = f.read(MAX_BYTES)  # no more than the size opened() checked, whatever the file became since
         try:  # a plain pickle (or torch's legacy format) is only worth naming if it asks for code
             found = unsafe_global(head) if head.startswith(b"\x80") else None
         except ValueError:
@@ -80,7 +92,7 @@ def check_archive(path):
             raise UserError(f"{name} is an image, not a checkpoint: pass images after --image")
         raise UserError(f"{name}: not a checkpoint (not the archive torch.save writes: empty, "
                         f"truncated or another kind of file); {TRAIN_AGAIN}")
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(f) as archive:
         entries = archive.infolist()
         bad = [e.filename for e in entries if not ENTRY.fullmatch(e.filename) or e.compress_type != 0]
         pickles = [e for e in entries if e.filename.endswith("/data.pkl")]
@@ -267,9 +279,11 @@ def entries(of, required):
         if not all(type(key) is str for key in v):
             return "a key that is not text"
         for key, value in v.items():
+            if len(key) > MAX_KEY:
+                return f"{shown(key)}: a key of more than {MAX_KEY:,} characters"
             found = of[key](value, walk) if key in of else plain(value, walk)
             if found:
-                return f"{shown(key)[:100]} {found}"
+                return f"{shown(key)} {found}"
         missing = [key for key in required if key not in v]
         return f"no {missing[0]}" if missing else None
     return check
@@ -328,15 +342,17 @@ def load(path, map_location="cpu"):
     if os.path.isdir(path):
         hint = f": pass {os.path.join(name, 'model.pt')}" if os.path.isfile(os.path.join(path, "model.pt")) else ""
         raise UserError(f"{name} is a folder, not a checkpoint file{hint}")
+    paths.check_target(path, "a checkpoint", TRAIN_AGAIN)  # a FIFO, a socket, a device, a dangling link
     if not os.path.exists(path):
         raise UserError(f"{name}: no such checkpoint file; {TRAIN_AGAIN}")
-    if not os.path.isfile(path):
-        raise UserError(f"{name} is not a regular file, so not a checkpoint; {TRAIN_AGAIN}")
-    check_archive(path)
+    with opened(path) as f:  # checked and read through one descriptor: nothing swapped in between
+        check_archive(path, f)
+        f.seek(0)
+        contents = io.BytesIO(f.read(MAX_BYTES))
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(contents, map_location=map_location, weights_only=True)
     except Exception as e:
         raise UserError(f"{name}: not a readable checkpoint, damaged or truncated "
                         f"({type(e).__name__}); {TRAIN_AGAIN}") from None

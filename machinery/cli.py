@@ -19,11 +19,35 @@ class UserError(Exception):
     """Something the user can fix (a flag, a file, a folder); the message says what to do."""
 
 
+SHOWN_MAX = 300  # the most characters a text from outside takes in a line
+SHOWN_HEAD, SHOWN_TAIL = 200, 60  # what a longer one keeps of its start and its end, beside the mark
+
+
 def shown(text):
-    """Text from a file, a checkpoint or a folder's name as it may reach the terminal: each control
-    character (an escape sequence, a newline, a carriage return) written out as \\x1b, \\n, \\r."""
+    """Text from a file, a checkpoint, a request or a folder's name as it may reach the terminal: each
+    control character (an escape sequence, a newline, a carriage return) written out as \\x1b, \\n,
+    \\r, and a text longer than 300 characters shortened in the middle to about 300, with a mark that says
+    how long it was ('...…[500,000 characters]…...'): a key of 500,000 characters is not a line of 500 KB."""
     text = str(text)
-    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    if len(text) <= SHOWN_MAX and text.isprintable():
+        return text
+    written = _written(text, SHOWN_MAX)
+    if len(written) == len(text):
+        return "".join(written)
+    head, tail = _written(text, SHOWN_HEAD), _written(reversed(text), SHOWN_TAIL)[::-1]
+    return f"{''.join(head)}…[{len(text):,} characters]…{''.join(tail)}"
+
+
+def _written(chars, limit):
+    """The characters, each written out if it is not printable, as long as they fit in `limit` in all."""
+    out, used = [], 0
+    for c in chars:
+        c = c if c.isprintable() else ascii(c)[1:-1]
+        if used + len(c) > limit:
+            break
+        out.append(c)
+        used += len(c)
+    return out
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -54,18 +78,39 @@ def int_in(low, high):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a whole number") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high:,}")
         return value
     return parse
 
 
+def cpus():
+    """The CPUs this process may run on (its affinity, where the system has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads(text):
+    """An argparse type: a number of CPU threads, from 1 to the CPUs there are (more only wait for each
+    other: --threads 1024 on 2 cores had not finished an epoch in 150 s)."""
+    value, most = int_in(-2**63, 2**63)(text), cpus()
+    if value > most:
+        raise argparse.ArgumentTypeError(f"{value} threads is more than the {most} CPU(s) this machine gives "
+                                         f"this process: use 1 to {most}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use 1 to {most}, the CPU(s) this machine "
+                                         "gives this process")
+    return value
+
+
 def one_of(names):
     """An argparse type: one of these names (unlike choices=, it checks a default given as text too)."""
     def parse(text):
         if text not in names:
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(names)}")
+            raise argparse.ArgumentTypeError(f"'{shown(text)}' is not one of {', '.join(names)}")
         return text
     return parse
 
@@ -75,9 +120,9 @@ def learning_rate(text):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a number") from None
     if not (math.isfinite(value) and 0 < value <= 3.4e38):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number float32 can hold")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a positive finite number float32 can hold")
     return value
 
 

@@ -11,6 +11,7 @@ import struct
 
 from torchvision import datasets
 
+from machinery import paths
 from machinery.cli import UserError
 
 SPLITS = {"train": 60_000, "t10k": 10_000}  # the real files' counts
@@ -49,7 +50,7 @@ def ensure(data_dir, train):
     """Raise UserError unless this split's two files are in place and sound; download if missing."""
     raw, split = raw_folder(data_dir), "train" if train else "t10k"
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {os.path.abspath(data_dir)} is a file, not a folder: "
+        raise UserError(f"--data-dir {os.path.abspath(data_dir)} is {paths.kind(data_dir) or 'a file'}, not a folder: "
                         "pass the folder that holds MNIST/raw/")
     for name in IDX_FILES:
         problem = kind_problem(os.path.join(raw, name))
@@ -93,8 +94,10 @@ def check_idx(path):
     """The item count of a whole, sound IDX file of uint8 items as IDX_FILES describes it."""
     magic, item_shape, split = IDX_FILES[os.path.basename(path)]
     header_len = 4 + 4 * (1 + len(item_shape))
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    largest = header_len + max(SPLITS.values()) * math.prod(item_shape)  # the real train file's size
+    with paths.open_regular(path, "an MNIST file", FIX, largest,
+                            f"larger than any MNIST file ({largest:,} bytes at most): {FIX}") as f:
+        size = os.fstat(f.fileno()).st_size
         header = f.read(header_len)
         if len(header) < header_len or struct.unpack(">I", header[:4])[0] != magic:
             raise UserError(f"{path} is not an MNIST file (wrong magic number): {FIX}")
@@ -109,6 +112,6 @@ def check_idx(path):
         if count == SPLITS[other] != SPLITS[split]:
             raise UserError(f"{path} holds {count:,} items, as the {other} file does: the train and t10k "
                             "files look swapped; put each under its own name")
-        if not item_shape and max(f.read()) > 9:
+        if not item_shape and max(f.read(largest)) > 9:
             raise UserError(f"{path} holds labels above 9: replace it with the original file")
     return count

@@ -9,9 +9,12 @@ import warnings
 
 import torch
 
+from machinery import paths
 from machinery import runs
+from machinery.cli import UserError
 
-SOFTWARE = "MNIST classifier, plots.py"  # written into every PNG drawn here (drawn_here)
+SOFTWARE = "MNIST classifier, plots.py"  # written into every picture drawn here, in each format (drawn_here)
+MARK_BYTES = 64 * 2**10  # where drawn_here looks for it: the file's first and last 64 KB (a PDF's Info is last)
 MISTAKES_SHOWN = 36  # the most confident mistakes, in a 6x6 grid
 LEGEND_RUNS = 20  # compare.png names at most this many runs; more would cover the lines
 MAX_TILES = 512  # hidden units drawn at most: a 784-20000-10 network would take minutes and 50 MB
@@ -40,18 +43,38 @@ def png(fig, format="png"):
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # a glyph the font lacks (a run named in CJK) is drawn as a box, silently
         warnings.simplefilter("ignore")
-        fig.savefig(buffer, format=format, dpi=100, metadata={"Software": SOFTWARE} if format == "png" else None)
+        fig.savefig(buffer, format=format, dpi=100, **marked(format))
     return buffer.getvalue()
 
 
+def marked(format):
+    """savefig's arguments that write SOFTWARE into a picture of this format: PNG's Software text, SVG's and
+    PDF's Creator, the EXIF Software tag of a JPEG, WebP or TIFF (which matplotlib leaves to Pillow)."""
+    if format == "png":
+        return {"metadata": {"Software": SOFTWARE}}
+    if format in ("svg", "pdf"):
+        return {"metadata": {"Creator": SOFTWARE}}
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0131] = SOFTWARE  # Software
+    return {"pil_kwargs": {"exif": exif.tobytes()}}
+
+
 def drawn_here(path):
-    """Whether the file at path is a picture drawn here (its PNG names SOFTWARE): one the scripts may draw
-    again over. Any other file in its place is the user's, and stays as it is."""
+    """Whether the file at path is a picture drawn here (it names SOFTWARE, in any of FORMATS): one the scripts
+    may draw again over. Any other file in its place is the user's, and stays as it is; one that is not a
+    regular file (a FIFO, a folder) is not looked into (paths.check_target says what it is)."""
     try:
-        with open(path, "rb") as f:
-            return f"tEXtSoftware\0{SOFTWARE}".encode() in f.read(4096)
-    except OSError:
+        with paths.open_regular(path, "", "") as f:
+            head = f.read(MARK_BYTES)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - MARK_BYTES))
+            tail = f.read(MARK_BYTES)
+    except (OSError, UserError):
         return False
+    if head.startswith(b"\x89PNG"):
+        return f"tEXtSoftware\0{SOFTWARE}".encode() in head
+    return SOFTWARE.encode() in head or SOFTWARE.encode() in tail
 
 
 def clip(value):

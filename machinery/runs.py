@@ -18,6 +18,7 @@ except ImportError:  # Windows: no advisory locks, so two runs into one folder a
 
 from machinery import checkpoint
 from machinery import cli
+from machinery import paths
 from machinery.cli import UserError, shown
 
 RUN_FILES = ("model.pt", "training_curves.png")
@@ -171,7 +172,7 @@ def lesson_kept(folder):
             for name in LESSON:
                 path = os.path.join(candidate, name)
                 if os.path.isfile(path):
-                    with open(path, "rb") as f:
+                    with paths.open_regular(path, "a kept lesson file", "move it") as f:  # a FIFO: no wait
                         found[name] = f.read(MAX_LESSON)
             return found
     return {}
@@ -276,7 +277,8 @@ def lock(folder):
     The file is made if missing and never written to: a .lock of the user's own stays as it was."""
     if fcntl is None:
         return None
-    handle = open(os.path.join(folder, ".lock"), "ab")
+    handle = paths.open_regular(os.path.join(folder, ".lock"), "a lock file", "remove it, or pass another --out",
+                                flags=os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # a FIFO or a folder: one line
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -292,7 +294,12 @@ def write(path, data, hint="the previous file, if any, is unchanged"):
     A crash, a full disk or Ctrl-C midway leaves the old file whole; a failure is a UserError
     naming the file, the reason and the hint."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # ours alone to remove
+    found = paths.kind(path)  # a FIFO, a folder, a socket, a dangling link: the user's, left as it is
+    if found:
+        raise UserError(f"cannot write {shown(os.path.abspath(path))} ({found}, not a regular file); {hint}")
+    # ours alone to remove; short, so that it fits wherever the name itself fits (a name of 236 characters
+    # and the process and suffix was over the 255 bytes a file name may have)
+    tmp = os.path.join(folder, f".{secrets.token_hex(4)}.{os.getpid() % 100_000}.tmp")
     try:
         with open(tmp, "xb") as f:
             f.write(data)
@@ -318,7 +325,7 @@ def check_writable(folder, hint):
     if os.path.islink(folder) and not os.path.exists(folder):
         raise UserError(f"{where} is a symbolic link to {shown(os.readlink(folder))}, which does not exist; {hint}")
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{where} is a file, not a folder; {hint}")
+        raise UserError(f"{where} is {paths.kind(folder) or 'a file'}, not a folder; {hint}")
     if not os.path.isdir(folder):
         try:
             os.makedirs(folder)
@@ -333,9 +340,11 @@ def unused_name(folder, filename, suffix, taken):
     disk, so that d.png and d.gif do not save over each other, nor over a file that was there."""
     check_writable(folder, "pass --save-input DIR with a folder you can write to")
     stem = os.path.splitext(filename)[0]
+    while stem and len(os.fsencode(f"{stem}-99999{suffix}")) > 255:  # a file name has 255 bytes at most
+        stem = stem[:-1]
     for n in range(1, len(taken) + 100_000):
         path = os.path.join(folder, (stem if n == 1 else f"{stem}-{n}") + suffix)
         if path not in taken and not os.path.lexists(path):
             taken.add(path)
             return path
-    raise UserError(f"{folder} holds too many files named {stem}*{suffix}; pass --save-input DIR")
+    raise UserError(f"{shown(folder)} holds too many files named {shown(stem)}*{suffix}; pass --save-input DIR")

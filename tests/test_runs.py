@@ -18,8 +18,8 @@ def test_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path.write_bytes(b"old")
     runs.write(str(path), b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["model.pt"]
-    (tmp_path / "taken").mkdir()  # the rename at the end fails: the temporary file must go too
-    with pytest.raises(cli.UserError, match=r"cannot write .*taken \(Is a directory\); keep out"):
+    (tmp_path / "taken").mkdir()  # refused before a temporary file is made (tests/test_paths.py: when the rename fails)
+    with pytest.raises(cli.UserError, match=r"cannot write .*taken \(a folder, not a regular file\); keep out"):
         runs.write(str(tmp_path / "taken"), b"x", "keep out")
     assert sorted(os.listdir(tmp_path)) == ["model.pt", "taken"] and path.read_bytes() == b"new"
 
