@@ -231,12 +231,13 @@ def test_a_lab_tiff_gets_the_projects_own_line(tmp_path):
 
 
 def test_the_readme_examples_leave_nothing_untracked():
-    """What the README's examples write inside the checkout (its 'saved ...: docs/...' lines) is ignored by git."""
+    """What the README's examples write inside the checkout (its 'saved ...' lines) is ignored by git."""
     if shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")):
         pytest.skip("not a git checkout")
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        written = re.findall(r"^\s*saved [^:\n]*: (docs/\S+)$", f.read(), re.M)
-    assert "docs/example_seven.evidence.png" in written
+        text = f.read()
+    written = re.findall(r"^\s*saved [^:\n]*: (\S+)$", text, re.M) + re.findall(r"^saved (\S+)", text, re.M)
+    assert "runs/example_seven.evidence.png" in written and "runs/lr0.01-bs64/training_curves.png" in written
     for path in written:
         proc = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
         assert proc.returncode == 0, f"{path}, which the README's example writes, would be left untracked"
