@@ -80,8 +80,8 @@ class Run:
         for name in RUN_FILES + ("lesson",):
             path = os.path.join(self.folder, name)
             if os.path.lexists(path) and not (os.path.isdir(path) if name == "lesson" else os.path.isfile(path)):
-                raise UserError(f"{shown(os.path.abspath(path))} is in the way (not a regular file: "
-                                f"{paths.kind(path) or 'a file'}): move it, or pass another --out")
+                raise UserError(f"{shown(os.path.abspath(path))} is in the way ({paths.kind(path) or 'a file'}, "
+                                "not a regular file): move it, or pass another --out")
         in_place = continues and os.path.isfile(self.model_path) and os.path.samefile(self.model_path, continues)
         if not in_place and any(os.path.lexists(os.path.join(self.folder, name)) for name in RUN_FILES):
             where = shown(os.path.abspath(self.folder))

@@ -193,7 +193,7 @@ def test_train_out_with_run_files_that_are_not_files(fake_mnist, tmp_path, kind)
     history = make(out / "model.pt", kind)
     line = refused(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--epochs", "1",
                                        "--device", "cpu", "--no-plots"]), history)
-    assert "model.pt is in the way (not a regular file)" in line
+    assert f"model.pt is in the way ({said(history, kind)}, not a regular file): move it" in line
     assert os.path.lexists(history)
 
 

@@ -137,7 +137,7 @@ def test_files_of_the_users_own_are_never_removed_or_rewritten(trained, fake_mni
 def test_a_folder_named_model_pt_is_refused_before_training(fake_mnist, tmp_path):
     (tmp_path / "run" / "model.pt").mkdir(parents=True)
     proc = run_script("train.py", "--data-dir", fake_mnist, "--out", tmp_path / "run", "--epochs", 1)
-    assert_one_line_error(proc, f"{tmp_path / 'run' / 'model.pt'} is in the way (not a regular file)")
+    assert_one_line_error(proc, f"{tmp_path / 'run' / 'model.pt'} is in the way (a folder, not a regular file)")
     assert "epoch" not in proc.stdout
 
 
