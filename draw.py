@@ -97,7 +97,7 @@ class App:
 
     def __init__(self, model, device):
         self.model, self.device = model, device
-        self.hosts, self.origins = set(), set()  # set by make_server, once the port is known
+        self.hosts, self.origins, self.url = set(), set(), None  # set by make_server, once the port is known
         self.slow = threading.BoundedSemaphore(1)
 
     def __call__(self, environ, start_response):
@@ -169,7 +169,8 @@ def make_server(model, device, host=HOST, port=PORT):
     server.channel_class = Channel
     server.port = port = int(server.effective_port)  # a text, from getnameinfo
     app.hosts, app.origins = names(host, port)
-    app.url = server.url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+    shown = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
+    app.url = server.url = f"http://{shown}:{port}/"
     server.stopping = False
     return server
 
