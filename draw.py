@@ -71,7 +71,8 @@ def predict(model, device, body):
     except Exception as e:  # a bug, or an image photo.py did not foresee: an answer all the same, and one line
         print(f"draw.py: could not read an image of {len(body):,} bytes: {e!r}"[:300], file=sys.stderr)
         return 500, {"error": "could not read this image"}
-    if not (torch.isfinite(probs).all() and torch.isfinite(pixels).all()):  # JSON has no NaN: the page could not read it
+    # JSON has no NaN (the page could not read the answer); the checkpoint's weights are finite, but may overflow
+    if not (torch.isfinite(probs).all() and torch.isfinite(pixels).all()):
         return 500, {"error": "this network's outputs are not finite numbers (NaN or infinite): its weights "
                               "are so large that its arithmetic overflows float32"}
     return 200, {"digit": int(probs.argmax()), "probabilities": [round(p, 6) for p in probs.tolist()],
