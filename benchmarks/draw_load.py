@@ -10,8 +10,9 @@ prediction. Then an honest client (one drawing at a time, each on a new connecti
 beside each hostile load, run from a process of its own: idle sockets, sockets that send a byte a
 second or every 50 ms, clients posting the slowest images image_files.py reads (hostile_images.py),
 many clients; it prints the honest client's p50/p95 and how many of its requests were not answered
-200. Last, how long Ctrl-C takes to stop the server while slow images are queued. Every load is
-bounded in clients and seconds.
+200. Last, how long Ctrl-C takes to stop the server: after those loads with 60 clients posting slow
+images, and on a fresh server, alone and with those clients. Every load is bounded in clients and
+seconds.
 """
 import argparse
 import concurrent.futures
@@ -280,22 +281,41 @@ def main():
                 hostile(name, target, port, args.seconds, *load_args)
         if args.only not in "Ctrl-C":
             return
-
-        stop = multiprocessing.Event()  # Ctrl-C with slow images waiting, as many as clients send
-        process = multiprocessing.Process(target=posting, args=(port, stop, 60, markers), daemon=True)
-        process.start()
-        time.sleep(2)
-        start = time.perf_counter()
-        os.kill(server.pid, signal.SIGINT)
-        server.wait(timeout=120)
-        stopped = time.perf_counter() - start
-        stop.set()
-        process.join(timeout=10)
+        stopped = ctrl_c(server, port, markers)
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGINT)
             server.wait(timeout=120)
-    print(f"Ctrl-C with 60 clients posting the JPEG of empty markers: stopped in {stopped:.1f} s")
+    print(f"Ctrl-C after the loads above, with 60 clients posting the JPEG of empty markers: stopped in "
+          f"{stopped:.2f} s")
+    fresh, port = start_server(args.checkpoint)
+    try:
+        time.sleep(1)
+        print(f"Ctrl-C, fresh: stopped in {ctrl_c(fresh, port):.2f} s")
+        fresh, port = start_server(args.checkpoint)
+        time.sleep(1)
+        print(f"Ctrl-C, fresh, with 60 clients posting the JPEG of empty markers: stopped in "
+              f"{ctrl_c(fresh, port, markers):.2f} s")
+    finally:
+        if fresh.poll() is None:
+            fresh.kill()
+
+
+def ctrl_c(server, port, body=None):
+    """Seconds from SIGINT to the end of the server's process, with 60 clients posting `body` (if given)."""
+    stop = multiprocessing.Event()
+    process = multiprocessing.Process(target=posting, args=(port, stop, 60, body), daemon=True)
+    if body is not None:
+        process.start()
+        time.sleep(2)
+    start = time.perf_counter()
+    os.kill(server.pid, signal.SIGINT)
+    server.wait(timeout=120)
+    stopped = time.perf_counter() - start
+    stop.set()
+    if body is not None:
+        process.join(timeout=10)
+    return stopped
 
 
 if __name__ == "__main__":

@@ -149,3 +149,51 @@ def test_a_photo_chosen_while_a_drawing_is_read_is_the_answer_shown(browser, tra
         assert browser.find_element(By.ID, "digit").text == str(shown["digit"])
         assert browser.find_element(By.ID, "why-legend").text.endswith(f"blue toward {shown['runner_up']}")
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def choose_and_wait_for_the_status(browser, path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "status").text not in ("", "Draw a digit."))
+    return browser.find_element(By.ID, "status")
+
+
+def test_a_photo_over_4_mb_is_the_size_message_not_no_answer(browser, trained, tmp_path):
+    """The page knows the server's limit: a photo over it is not sent, and the message says why."""
+    (tmp_path / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(draw.MAX_BODY + 1000))
+    with serve(trained[0] / "model.pt") as (port, _):
+        from selenium.webdriver.common.by import By
+
+        browser.get(f"http://127.0.0.1:{port}/")
+        status = choose_and_wait_for_the_status(browser, tmp_path / "big.png")
+        assert status.text.startswith("This image is more than 4 MB") and status.get_attribute("class") == "error"
+        assert browser.find_element(By.ID, "digit").text == "?"
+
+
+@pytest.mark.parametrize("setting, expected", [("max_request_body_size", "This image is more than 4 MB"),
+                                               ("max_request_header_size", "The browser sent more than 64 KB")])
+def test_the_servers_own_plain_text_refusals_are_shown_as_what_they_mean(browser, trained, tmp_path, monkeypatch,
+                                                                         setting, expected):
+    """waitress answers 413 and 431 itself, in plain text (here made to, with a limit of 2 KB): the
+    page shows what they mean, not "No answer from the server"."""
+    monkeypatch.setitem(draw.SETTINGS, setting, 2048)
+    photo = b"\x89PNG\r\n\x1a\n" + os.urandom(3000) if setting == "max_request_body_size" else png_of_a_one()
+    (tmp_path / "photo.png").write_bytes(photo)
+    with serve(trained[0] / "model.pt") as (port, _):
+        browser.get(f"http://127.0.0.1:{port}/")
+        if setting == "max_request_header_size":  # the page is fetched before the cookie makes its headers too large
+            browser.execute_script("document.cookie = 'big=' + 'x'.repeat(3000)")
+        status = choose_and_wait_for_the_status(browser, tmp_path / "photo.png")
+        assert status.text.startswith(expected) and status.get_attribute("class") == "error", status.text
+        assert "No answer" not in status.text
+        browser.delete_all_cookies()
+
+
+def png_of_a_one():
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (64, 64), "white")
+    ImageDraw.Draw(image).line([(32, 8), (32, 56)], fill="black", width=6)
+    return png(image)

@@ -109,9 +109,13 @@ async function sendAll() {
     const { number, blob } = waiting;
     waiting = null;
     const body = await blob();
+    if (body.size > MAX_BYTES) {  // not sent: the server would refuse it unread
+      if (number === newest) say(TOO_LARGE, true);
+      continue;
+    }
     try {
       const response = await fetch("/predict", { method: "POST", body, headers: { "Content-Type": body.type } });
-      const answer = await response.json();
+      const answer = readAnswer(response, await response.text());
       if (number !== newest) continue;  // a newer input came meanwhile: its answer is the one to show
       if (!response.ok) {
         say(answer.error, true);
@@ -127,6 +131,22 @@ async function sendAll() {
     }
   }
   sending = false;
+}
+
+// Every answer is one to show: the server's own refusals (waitress's 400, 413 and 431) are plain text.
+const MAX_BYTES = 4 * 1024 * 1024;  // draw.MAX_BODY
+const TOO_LARGE = "This image is more than 4 MB: choose a smaller one, or scale it down first.";
+function readAnswer(response, text) {
+  try {
+    const answer = JSON.parse(text);
+    if (answer && typeof answer === "object") return answer;
+  } catch (notJson) { /* one of the server's own refusals */ }
+  if (response.status === 413) return { error: TOO_LARGE };
+  if (response.status === 431) {
+    return { error: "The browser sent more than 64 KB of headers (cookies for this address?): clear them and reload." };
+  }
+  const first = text.split("\n")[0].trim().slice(0, 200);
+  return { error: `The server answered ${response.status}${first ? ": " + first : ""}.` };
 }
 
 // A photo, chosen or dropped, goes the same way.
