@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from machinery import checkpoint
 import data
+from model import Net
 import draw
 import evaluate
 from machinery import evidence
@@ -351,20 +352,19 @@ def test_a_client_that_half_closes_after_its_post_gets_its_answer(server):
     assert status == 200 and "digit" in answer, answer
 
 
-def test_a_network_whose_outputs_overflow_answers_an_error_not_nan(trained, tmp_path):
-    """Finite weights (the checkpoint is valid) whose products overflow float32: softmax gives NaN,
-    which JSON cannot carry (the page could not read the answer)."""
+def test_a_network_whose_outputs_overflow_is_refused_and_never_answers_nan(trained, tmp_path):
+    """Finite weights (each one valid) whose products overflow float32: softmax gives NaN, which JSON cannot
+    carry (the page could not read the answer). The checkpoint's gate refuses them before serving; should
+    a network overflow on some image all the same, predict answers an error, never NaN."""
     ckpt = torch.load(trained[0] / "model.pt", weights_only=True)
     ckpt["model"]["fc2.weight"].fill_(3e38)
     torch.save(ckpt, tmp_path / "overflow.pt")
-    with serve(tmp_path / "overflow.pt") as (port, _):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(post(port))
-            response = http.client.HTTPResponse(s)
-            response.begin()
-            body = response.read()
-    answer = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} in the answer: {body[:200]!r}"))
-    assert response.status == 500 and "not finite numbers" in answer["error"], answer
+    assert "its network's outputs overflow (they are not finite numbers)" in main_error(draw, tmp_path / "overflow.pt")
+    model = Net()
+    model.load_state_dict(ckpt["model"])
+    status, answer = draw.predict(model.eval(), torch.device("cpu"), PNG)
+    json.dumps(answer, allow_nan=False)
+    assert status == 500 and "not finite numbers" in answer["error"], answer
 
 
 def test_a_drawing_is_answered_while_a_slow_image_is_read_and_a_second_slow_one_waits_for_no_thread(

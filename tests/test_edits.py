@@ -1,7 +1,7 @@
 """The edits a learner makes to the lesson take effect and are kept: another optimizer or a scheduler in
 train.py, BatchNorm, Dropout or a CNN in model.py, Normalize or an augmentation in data.py, a key of
-their own in the checkpoint. Each trains and saves every epoch, is evaluated, compared and resumed bit
-for bit, through the real entry points (main(argv), in this process), on the small data set.
+their own in the checkpoint. Each trains and saves every epoch, is evaluated, compared, served by
+draw.py's predict and resumed bit for bit, through the real entry points (main(argv), in this process), on the small data set.
 
 train.py is edited as a learner edits it: its text, with a line replaced, run as a module of its own.
 model.py's class is swapped for the learner's (every module that took Net from model.py sees it), and
@@ -17,6 +17,7 @@ from torchvision import transforms
 
 import compare
 import data
+import draw
 import evaluate
 import model
 import train
@@ -70,6 +71,10 @@ def trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, ca
     assert f"{SEVEN}: " in capsys.readouterr().out
     compare.main([str(tmp_path / "whole"), str(tmp_path / "resumed"), "--out", str(tmp_path / "c.png")])
     assert "whole" in capsys.readouterr().out and (tmp_path / "c.png").exists()
+    path = str(tmp_path / "whole" / "model.pt")
+    with open(SEVEN, "rb") as f:  # what draw.py answers the page: the network the run holds
+        status, answer = draw.predict(checkpoint.model_from(checkpoint.load(path), path).eval(), "cpu", f.read())
+    assert status == 200 and 0 <= answer["digit"] <= 9 and len(answer["probabilities"]) == 10, answer
     return whole
 
 
