@@ -215,7 +215,7 @@ def optimizer_state(v, walk):
     if type(groups) is not list or not 0 < len(groups) <= 1000 or not all(isinstance(g, dict) for g in groups):
         return "param_groups not a list of parameter groups"
     params = [i for g in groups for i in (g.get("params") if type(g.get("params")) is list else [None])]
-    if sorted(params, key=str) != list(range(len(params))) or len(params) > 100_000:
+    if not all(type(i) is int for i in params) or sorted(params) != list(range(len(params))) or len(params) > 100_000:
         return "param_groups whose params are not numbered 0, 1, 2, ..."
     if not isinstance(state, dict) or not all(type(k) is int and 0 <= k < len(params) for k in state):
         return "state not kept by parameter number"
@@ -531,7 +531,7 @@ def resumable(ckpt, path, model, optimizer, lr=None):
     if len(saved) != len(built) or any(len(s["params"]) != len(b["params"]) for s, b in zip(saved, built)):
         raise UserError(f"{shown(path)}: its optimizer holds other parameters than train.py's now; "
                         "leave out --resume to start a new run")
-    if any(set(s) != set(b) - {"initial_lr"} and set(s) != set(b) for s, b in zip(saved, built)):
+    if any(set(s) - {"initial_lr"} != set(b) - {"initial_lr"} for s, b in zip(saved, built)):  # a scheduler's
         settings = ", ".join(sorted(set(saved[0]) - {"params"}))
         raise UserError(f"{shown(path)}: trained with another optimizer (its settings: {settings}) than the one "
                         f"train.py builds now ({type(optimizer).__name__}): undo the edit to train.py to resume, "

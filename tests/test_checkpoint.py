@@ -267,6 +267,12 @@ def learner_edits(ckpt):
         scheduler.step()
         yield name, dict(ckpt, model=net.state_dict(), arch=str(net), optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict())
+    deep = nn.Sequential(*[nn.Linear(784 if i == 0 else 16, 16 if i < 5 else 10) for i in range(6)])  # 12 tensors
+    deep_adam = torch.optim.Adam(deep.parameters())
+    deep(torch.rand(2, 784)).sum().backward()
+    deep_adam.step()
+    yield "12 parameters, numbered past 9", dict(ckpt, model=deep.state_dict(), arch=str(deep),
+                                                 optimizer=deep_adam.state_dict())
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD(net.parameters(), lr=0.1))  # inf in it
     yield "ReduceLROnPlateau", dict(ckpt, scheduler=plateau.state_dict())
     cycle = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), 0.1, 10)
@@ -285,7 +291,7 @@ def test_what_torch_writes_after_a_learners_edit_loads(good, tmp_path):
     """The same gate describes what torch writes, not the one network of the design card."""
     _, ckpt = good
     edits = list(learner_edits(ckpt))
-    assert len(edits) == 14
+    assert len(edits) == 15
     for what, edited in edits:
         torch.save(edited, tmp_path / "edited.pt")
         loaded = checkpoint.load(str(tmp_path / "edited.pt"))
