@@ -67,7 +67,7 @@ class Run:
         check_writable(self.folder, "pass --out DIR")
         self.lock_made = not os.path.lexists(os.path.join(self.folder, ".lock"))  # else the user's, or a run's
         self.lock = lock(self.folder)
-        self.kept = []
+        self.kept, self.started_at = [], saved_epoch(self.folder)  # the lesson it keeps, the epoch it goes on from
         try:
             self.check_files(args.resume)
             self.keep_lesson()
@@ -126,13 +126,14 @@ class Run:
             self.lock = None
         if os.path.isfile(self.model_path + ".tmp"):  # a save cut short (Ctrl-C): model.pt is whole
             os.unlink(self.model_path + ".tmp")
-        if not os.path.lexists(self.model_path):  # nothing saved: what this run made goes again
+        if saved_epoch(self.folder) == self.started_at:  # no epoch saved: the lesson it kept goes again
             for path in self.kept:
                 if os.path.isfile(path):
                     os.unlink(path)
             for path in {os.path.dirname(p) for p in self.kept}:
                 if os.path.isdir(path) and not os.listdir(path):
                     os.rmdir(path)
+        if not os.path.lexists(self.model_path):  # nothing saved ever: what this run made goes too
             if self.lock_made and os.path.isfile(os.path.join(self.folder, ".lock")):
                 os.unlink(os.path.join(self.folder, ".lock"))
             if self.made and os.path.isdir(self.folder) and not os.listdir(self.folder):

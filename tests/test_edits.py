@@ -230,6 +230,9 @@ def test_old_runs_are_refused_with_where_their_own_model_py_is(fake_mnist, tmp_p
         line = main_error(module, *args, "--data-dir", fake_mnist)
         assert "holds a ConvNet(conv1: Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1)), conv2: " in line, line
         assert f"diff model.py {kept}" in line, line
+    kept.write_text(kept.read_text() + "# as the learner's model.py was\n")  # differs from model.py now
+    main_error(train, "--resume", tmp_path / "cnn" / "model.pt", "--epochs", 2, "--data-dir", fake_mnist)
+    assert sorted(os.listdir(tmp_path / "cnn")) == [".lock", "lesson", "model.pt"]  # a refused resume keeps nothing
 
 
 def test_a_resumed_run_whose_lesson_changed_keeps_both(fake_mnist, tmp_path, capsys, monkeypatch):
