@@ -118,7 +118,7 @@ def main(argv=None):
     step = cuda_graph.replayed(train_step, device) if args.cuda_graph else train_step  # quicker, same bits
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "loader": args.loader, "threads": args.threads, "device": args.device, "data_dir": args.data_dir}
-    with runs.Run(args, model) as folder:  # a new folder in runs/, locked; Ctrl-C says what is saved
+    with runs.Run(args, model, optimizer) as folder:  # a new folder in runs/, locked; Ctrl-C says what is saved
         train_loader, test_loader = data.build_loaders(args.data_dir, args.batch_size, args.seed, args.loader, device)
         history = []
         if args.resume:  # go on exactly where the checkpoint stopped
@@ -133,7 +133,7 @@ def main(argv=None):
               f"{torch.get_num_threads()}, loader {args.loader}, {len(train_loader.dataset):,} train / "
               f"{len(test_loader.dataset):,} test images", *args.resuming, sep="\n")
         for epoch in range(len(history) + 1, args.epochs + 1):  # a resumed run goes on after its last epoch
-            start = time.perf_counter()
+            start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
             train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, device, step, args.dry_run)
             seconds = time.perf_counter() - start
             test_loss, test_acc, _ = evaluate(model, test_loader, device, args.dry_run)
@@ -142,7 +142,7 @@ def main(argv=None):
                                  f"epoch {epoch}: stopped without saving it, the epochs before stay as they were "
                                  "saved; lower the learning rate (--lr)")
             history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                            "test_acc": test_acc, "seconds": seconds, "lr": args.lr, "batch_size": args.batch_size})
+                            "test_acc": test_acc, "seconds": seconds, "lr": float(lr), "batch_size": args.batch_size})
             checkpoint = {"model": model.state_dict(), "arch": str(model), "optimizer": optimizer.state_dict(),
                           "generator": train_loader.generator.get_state(), "rng": torch.get_rng_state(),
                           "config": config, "epoch": epoch, "history": history}

@@ -28,8 +28,9 @@ LESSON = ("model.py", "data.py", "train.py")  # kept with each run, as text: nev
 MAX_LESSON = 2**20  # bytes of one lesson file kept
 
 
-def folder_name(config, arch=STANDARD):
-    """'lr0.01-bs64'; 'h128-relu-' first for another network, '-seed3' for a seed other than 0."""
+def folder_name(config, arch=STANDARD, optimizer="SGD"):
+    """'lr0.01-bs64'; 'h128-relu-' first for another network, 'adam-' for another optimizer, '-seed3' for a
+    seed other than 0."""
     def words(a):  # its words, each layer's arguments (in parentheses, nested too) left out
         while re.search(r"\([^()]*\)", a):
             a = re.sub(r"\([^()]*\)", "", a)
@@ -38,14 +39,14 @@ def folder_name(config, arch=STANDARD):
     hidden = "-".join(sizes.replace("+", "-").split("-")[1:-1])
     layers = [re.sub(r"[^a-z0-9._]", "", layer.split("(")[0].lower()).strip("._") for layer in layers]
     parts = [f"h{hidden}"] * (sizes != standard_sizes) + [n for n in layers if n] * (layers != standard_layers)
-    parts += [f"lr{config['lr']:g}", f"bs{config['batch_size']}"] + [f"seed{config['seed']}"] * (config["seed"] != 0)
+    parts += [re.sub(r"[^a-z0-9]", "", optimizer.lower())] * (optimizer != "SGD") + [f"lr{config['lr']:g}", f"bs{config['batch_size']}"] + [f"seed{config['seed']}"] * (config["seed"] != 0)
     return "-".join(parts)[-120:].lstrip("-.")
 
 
 class Run:
     """The folder a training run writes into, held while it runs:
 
-        with Run(args, model) as folder:
+        with Run(args, model, optimizer) as folder:
             torch.save(...)  # folder/model.pt, written by train.py
 
     The folder is a new one in args.runs_dir named by folder_name, or exactly args.out, or for a resumed
@@ -56,10 +57,13 @@ class Run:
     and the command that goes on; a run that saved nothing leaves nothing behind.
     """
 
-    def __init__(self, args, model):
+    def __init__(self, args, model, optimizer):
         arch = checkpoint.legacy_description(model)  # short enough for a folder's name
+        # the rate the optimizer was given (Adam's own, say), and its name where it is not SGD
+        named = dict(vars(args), lr=float(optimizer.param_groups[0]["lr"]))
         self.made = args.out is None or not os.path.lexists(args.out)  # ours to remove if nothing is saved
-        self.folder = new_folder(args.runs_dir, folder_name(vars(args), arch)) if args.out is None else args.out
+        self.folder = (new_folder(args.runs_dir, folder_name(named, arch, type(optimizer).__name__))
+                       if args.out is None else args.out)
         self.model_path = os.path.join(self.folder, "model.pt")
         self.continues, self.epochs = args.resume, args.epochs
         if not self.folder.isprintable():  # printed as it is, by train.py

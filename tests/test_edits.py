@@ -95,6 +95,11 @@ def test_another_optimizer(fake_mnist, tmp_path, capsys, optimizer):
         assert ckpt["optimizer"]["state"][0]["step"] == 3 * 10  # 3 epochs of 10 batches: its own state, kept
     plain = run(train, fake_mnist, tmp_path / "plain", "--epochs", 3)
     assert not torch.equal(plain["model"]["fc1.weight"], ckpt["model"]["fc1.weight"])  # the edit took effect
+    name, lr = optimizer.split("(")[0].split(".")[-1], 1e-3 if "lr=1e-3" in optimizer else 0.01
+    assert [h["lr"] for h in ckpt["history"]] == [lr] * 3  # the rate it trained with, not --lr's
+    script.RUNS_DIR = str(tmp_path / "runs")
+    script.main(["--data-dir", fake_mnist, "--device", "cpu", "--no-plots", "--epochs", "1"])
+    assert os.listdir(tmp_path / "runs") == [f"lr{lr:g}-bs64" if name == "SGD" else f"{name.lower()}-lr{lr:g}-bs64"]
 
 
 def test_a_scheduler_saved_in_the_dict_resumes_where_it_was(fake_mnist, tmp_path, capsys):
@@ -111,6 +116,7 @@ def test_a_scheduler_saved_in_the_dict_resumes_where_it_was(fake_mnist, tmp_path
                                                   "\"scheduler\": scheduler.state_dict(),"))
     ckpt = trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys)
     assert ckpt["scheduler"]["last_epoch"] == 3 and ckpt["optimizer"]["param_groups"][0]["lr"] == 0.01 / 8
+    assert [h["lr"] for h in ckpt["history"]] == [0.01, 0.01 / 2, 0.01 / 4]  # the rate each epoch trained with
 
 
 def test_another_loss_in_train_step(fake_mnist, tmp_path, capsys):
