@@ -510,7 +510,7 @@ def start_draw(checkpoint_path, slow_reads=False):
             proc.kill()
             pytest.fail(f"draw.py printed {lines} in 120 s; stderr: {proc.communicate(timeout=30)[1][-2000:]}")
         time.sleep(0.05)
-    assert lines[0].startswith(f"model {checkpoint_path}: 784-64-10 sigmoid"), lines
+    assert lines[0].startswith(f"model {checkpoint_path}: Net(fc1: Linear(784, 64), activation: Sigmoid(), "), lines
     assert lines[1].startswith("open http://127.0.0.1:") and lines[1].endswith("/ in a browser (Ctrl-C stops)\n")
     return proc, int(lines[1].split(":")[2].split("/")[0]), lines
 
