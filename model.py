@@ -3,8 +3,9 @@
     from model import Net
     logits = Net()(images)  # images: (N, 1, 28, 28) or (N, 784)
 
-Edit HIDDEN or ACTIVATION, or the class itself, to try another network: each checkpoint records the
-network it holds (its `arch`, e.g. '784-64-10 sigmoid'), so runs trained before an edit stay usable.
+Edit HIDDEN or ACTIVATION, or the class itself (BatchNorm, Dropout, a CNN), to try another network:
+each checkpoint records the network it holds as print(model) shows it, and each run keeps this file
+in its lesson/ folder, so runs trained before an edit stay usable.
 """
 from torch import nn
 

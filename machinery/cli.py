@@ -6,7 +6,6 @@ too; a closed pipe (`| head`) ends it quietly. Importing this module changes not
 installs its signal handlers and puts them back when main() is done.
 """
 import argparse
-import contextlib
 import math
 import os
 import signal
@@ -172,20 +171,6 @@ class Stopped(KeyboardInterrupt):
 
 def _stop(signum, frame):
     raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C, SIGTERM and SIGHUP until the block is done: a save is never cut in half."""
-    caught = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if caught:
-        _stop(caught[0], None)
 
 
 def _quiet_stdout():

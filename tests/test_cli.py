@@ -1,9 +1,8 @@
-"""cli.py: flag ranges, explicit flags, device choice, signals held during a save, and how a script
+"""cli.py: flag ranges, explicit flags, device choice, and how a script
 ends: one line for a mistake, for Ctrl-C (a second one too), and for a closed pipe."""
 import argparse
 import contextlib
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -62,17 +61,6 @@ def test_a_device_index_past_the_last_device_is_refused(monkeypatch):
         cli.device("cuda:1")
     with pytest.raises(cli.UserError, match="MPS is not available here"):
         cli.device("mps")
-
-
-def test_signals_held_delays_a_sigint_until_the_block_ends():
-    done, before = [], signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        with cli.signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # Python runs handlers between bytecodes: here, if not held
-            done.append("the block finished")
-    assert done == ["the block finished"]
-    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_run_turns_a_user_error_into_one_line_and_restores_handlers():

@@ -8,7 +8,6 @@ model.py's class is swapped for the learner's (every module that took Net from m
 data.py's TRANSFORM set, as its constant is edited."""
 import importlib.util
 import os
-import sys
 
 import pytest
 import torch

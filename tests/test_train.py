@@ -1,6 +1,5 @@
 """train.py: its two functions against plain math, and main() as a user runs it: output, determinism,
 resume, interruption, bad flags, the thread policy."""
-import json
 import os
 import shlex
 import signal
@@ -11,7 +10,6 @@ import torch.nn.functional as F
 
 from machinery import cli
 from machinery import plots
-from machinery import runs
 import data
 import train
 from conftest import (DEVICES, ROOT, FAKE_TEST, assert_one_line_error, assert_same_run, in_order, main_error, run_process,
