@@ -15,7 +15,7 @@ from machinery import fast_mnist, mnist_files
 
 TRANSFORM = transforms.ToTensor()  # a PIL image -> a (1, 28, 28) float tensor in [0, 1]
 TEST_BATCH_SIZE = 1000  # evaluation only; fixed so train.py and evaluate.py sum the loss alike
-LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit, ~11x quicker
+LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit, 7-11x quicker
 
 
 def load_mnist(data_dir, train):

@@ -1,4 +1,4 @@
-"""The "fast" loader: the classic DataLoader's batches, bit for bit, about 11x quicker.
+"""The "fast" loader: the classic DataLoader's batches, bit for bit, 7-11x quicker.
 
 The classic loader (data.py) makes each image a PIL image, then runs data.py's transform on it, and
 stacks 64 of them for a batch; on two CPU cores that takes longer than the training step itself.
