@@ -3,9 +3,10 @@
     from data import build_loaders
     train_loader, test_loader = build_loaders("data", batch_size=64, seed=0)
 
-Edit TRANSFORM to change what each image becomes (Normalize, Pad, an augmentation such as
-RandomRotation): both loaders apply it, and so do evaluate.py and draw.py to a photo or a drawing.
-The first run downloads the four MNIST files into <data dir>/MNIST/raw/.
+Edit TRANSFORM to change what every image becomes (Normalize, Pad): the training and test images,
+and the photos and drawings evaluate.py and draw.py read. Put random changes (augmentation, such as
+RandomRotation) in AUGMENT: they apply to the training images only, anew every epoch, so the test
+accuracy stays a measurement. The first run downloads the MNIST files into <data dir>/MNIST/raw/.
 """
 import torch
 from torch.utils.data import DataLoader
@@ -14,15 +15,17 @@ from torchvision import transforms
 from machinery import fast_mnist, mnist_files
 
 TRANSFORM = transforms.ToTensor()  # a PIL image -> a (1, 28, 28) float tensor in [0, 1]
+AUGMENT = []  # random changes to the training images, before TRANSFORM: [transforms.RandomRotation(10)]
 TEST_BATCH_SIZE = 1000  # evaluation only; fixed so train.py and evaluate.py sum the loss alike
 LOADERS = ("fast", "classic")  # fast: the classic loader's batches, bit for bit, 7-11x quicker
 
 
 def load_mnist(data_dir, train):
-    """torchvision's MNIST with TRANSFORM: each item is (image, label)."""
+    """torchvision's MNIST with TRANSFORM (the training set: AUGMENT first): each item is (image, label)."""
     mnist_files.ensure(data_dir, train)  # the four raw files in place (downloaded if missing) and sound
+    transform = transforms.Compose([*AUGMENT, TRANSFORM]) if train and AUGMENT else TRANSFORM
     # torchvision's datasets.MNIST, made to read those raw files whatever else the folder holds
-    return mnist_files.MNIST(data_dir, train=train, transform=TRANSFORM)
+    return mnist_files.MNIST(data_dir, train=train, transform=transform)
 
 
 def build_loaders(data_dir, batch_size, seed, loader="fast", device="cpu"):

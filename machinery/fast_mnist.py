@@ -12,8 +12,9 @@ generator, and the one draw a DataLoader makes per epoch), and the values:
 - any other transform that draws no random numbers (Normalize, Pad, Resize, a Compose of them, a
   Lambda): it runs once on every image, through the data set itself as the classic loader runs
   it, and the results are kept; a batch is the same stack of the same tensors.
-- a transform that draws random numbers (RandomRotation, RandomAffine, any augmentation) must draw
-  anew for every image of every epoch: the classic loader runs it as written, and a line says so.
+- a transform that draws random numbers (data.py's AUGMENT: RandomRotation, RandomAffine, any
+  augmentation) must draw anew for every image of every epoch: the classic loader runs it as
+  written, and a line says so.
 """
 import random
 
@@ -120,8 +121,9 @@ def loader_like(loader, device):
     else:
         drawn = random_transform(dataset)
         if drawn:
-            print(f"loader classic: data.py's transform draws random numbers ({drawn}), so each image is "
-                  "transformed anew every epoch, as written")
+            print(f"the {'training' if isinstance(loader.sampler, RandomSampler) else 'test'} images go through "
+                  f"the classic loader: data.py's transform draws random numbers ({drawn}), anew for each image "
+                  "every epoch")
             return loader
         data = TransformedMNIST(dataset, device)
     generator = loader.generator

@@ -201,15 +201,20 @@ def test_a_deterministic_transform_is_applied_by_the_fast_loader_bit_for_bit(fak
     assert not torch.equal(next(iter(data.build_test_loader(fake_mnist)))[0], batch)
 
 
-def test_a_random_transform_draws_anew_every_epoch_and_resumes_bit_for_bit(fake_mnist, tmp_path, capsys,
-                                                                            monkeypatch):
-    monkeypatch.setattr(data, "TRANSFORM", transforms.Compose([transforms.RandomRotation(20), transforms.ToTensor()]))
-    train_loader, _ = data.build_loaders(fake_mnist, 64, 0, "fast")
+def test_an_augmentation_draws_anew_every_epoch_on_the_training_images_only_and_resumes_bit_for_bit(
+        fake_mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "AUGMENT", [transforms.RandomRotation(20)])
+    train_loader, test_loader = data.build_loaders(fake_mnist, 64, 0, "fast")
     said = capsys.readouterr().out
-    assert "loader classic: data.py's transform draws random numbers (RandomRotation), so each image is " in said
+    assert said == ("the training images go through the classic loader: data.py's transform draws random numbers "
+                    "(RandomRotation), anew for each image every epoch\n"), said
     first, second = (torch.cat([x for x, _ in train_loader]) for _ in range(2))
     assert first.shape == second.shape and not torch.equal(first.sort().values, second.sort().values)
-    trains_saves_evaluates_compares_and_resumes(train, fake_mnist, tmp_path, capsys)
+    tested = [torch.cat([x for x, _ in test_loader]) for _ in range(2)]  # the test images as they are: fast
+    assert torch.equal(*tested) and type(test_loader.dataset).__name__ == "InMemoryMNIST"
+    ckpt = trains_saves_evaluates_compares_and_resumes(train, fake_mnist, tmp_path, capsys)
+    evaluate.main([str(tmp_path / "whole" / "model.pt"), "--data-dir", fake_mnist, "--no-plots"])
+    assert f"test accuracy: {ckpt['history'][-1]['test_acc']:.2f}%" in capsys.readouterr().out  # a measurement
 
 
 def test_a_lambda_drawing_noise_is_seen_to_be_random(fake_mnist, monkeypatch, capsys):
