@@ -84,8 +84,8 @@ def lesson_differences(found):
         for folder, files in kept.items():
             versions.setdefault(files.get(name), []).append(folder)
         if len(versions) > 1:
-            groups = "; ".join(", ".join(folders) for folders in versions.values())
-            lines.append(f"{name} differs between the runs: the same within each group of {groups}")
+            groups = " | ".join(", ".join(folders) for folders in versions.values())
+            lines.append(f"{name}: {len(versions)} versions among the runs ({groups}; diff their lesson/{name})")
     return lines
 
 

@@ -217,7 +217,8 @@ def main(argv=None):
     if not ipaddress.ip_address(server.effective_host).is_loopback:
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page",
               file=sys.stderr)
-    print(f"model {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}", flush=True)
+    print(f"model {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}",
+          *filter(None, [runs.data_py_changed(path)]), sep="\n", flush=True)
     print(f"open {server.url} in a browser (Ctrl-C stops)", flush=True)
     try:
         serve(server)

@@ -105,13 +105,17 @@ def main(argv=None):
     path = args.checkpoint or runs.newest_checkpoint(RUNS_DIR)
     ckpt = checkpoint.load(path)
     model = checkpoint.model_from(ckpt, path, device)
-    print(f"checkpoint {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}")
+    print(f"checkpoint {cli.shown(path)}: {checkpoint.describe(ckpt)}, epoch {ckpt['epoch']}, device {device}",
+          *filter(None, [runs.data_py_changed(path)]), sep="\n")
     if args.image:
         return classify_images(model, args.image, device, args.save_input, args.evidence)
     folder = args.plots_dir or os.path.dirname(path) or "."
     hint = "pass --no-plots, or --plots-dir DIR for the pictures"
     # hidden_units.png reads fc1 and fc2 as model.py's Net makes them: another network gets the other three
     names = PICTURES if plots.has_hidden_units(model) else PICTURES[:3]
+    if not args.no_plots and len(names) < len(PICTURES):
+        print("hidden_units.png is not drawn: it shows fc1's weights from the 784 pixels to hidden units that "
+              "fc2 takes to the 10 digits, as model.py's Net has them, and this network has no such fc1 and fc2")
     if not args.no_plots:
         runs.check_writable(folder, hint)
         for name in names:  # a picture of the user's own in the way is theirs: nothing is drawn over it

@@ -328,6 +328,19 @@ def problem(ckpt):
     return found
 
 
+class Checkpoint(dict):
+    """The checked dict. A key it does not hold (a scheduler saved by an edited train.py, asked of a run
+    saved before the edit) is one line naming the checkpoint, not a KeyError."""
+
+    def __init__(self, ckpt, path):
+        super().__init__(ckpt)
+        self.path = path
+
+    def __missing__(self, key):
+        raise UserError(f"{shown(self.path)} holds no {shown(repr(key))}: it was saved by a train.py that did not "
+                        "save one; go on from a run saved with it, or start a new run")
+
+
 def data_unknown(path, data_dir):
     """The line for a checkpoint of an older train.py, which did not save where its data was."""
     return (f"{shown(path)} does not say where its data was (an older train.py): reading {shown(data_dir)}; "
@@ -370,7 +383,7 @@ def load(path, map_location="cpu"):
     for h in ckpt["history"]:
         h.setdefault("lr", ckpt["config"]["lr"])
         h.setdefault("batch_size", ckpt["config"]["batch_size"])
-    return ckpt
+    return Checkpoint(ckpt, path)
 
 
 def described(arch):

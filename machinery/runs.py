@@ -183,6 +183,23 @@ def lesson_kept(folder):
     return {}
 
 
+def data_py_changed(checkpoint_path):
+    """A line when data.py is not the one the run at checkpoint_path last trained with (its kept lesson):
+    its TRANSFORM makes the images the network is given, here too. None if the same, or not kept."""
+    folder = os.path.dirname(checkpoint_path) or "."
+    kept = lesson_kept(folder).get("data.py")
+    try:
+        with paths.open_regular(os.path.join(ROOT, "data.py"), "data.py", "") as f:
+            now = f.read(MAX_LESSON)
+    except (OSError, UserError):
+        return None
+    if kept is None or kept == now:
+        return None
+    where = max(glob.glob(os.path.join(glob.escape(folder), "lesson*", "data.py")), key=os.path.getmtime)
+    return (f"note: data.py is not the one this run trained with (diff data.py {shown(where)}): its TRANSFORM "
+            "is what the images become here")
+
+
 def saved_epoch(folder):
     """The last epoch saved in folder/model.pt, or 0."""
     path = os.path.join(folder, "model.pt")

@@ -25,6 +25,11 @@ from machinery import checkpoint
 
 SEVEN = os.path.join(ROOT, "docs", "example_seven.png")
 OPTIMIZER = "    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)\n"
+SCHEDULER = (  # a learner's StepLR: made after the optimizer, restored with it, saved beside it
+    (OPTIMIZER, OPTIMIZER + "    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)\n"),
+    ("            optimizer.load_state_dict(ckpt[\"optimizer\"])\n",
+     "            optimizer.load_state_dict(ckpt[\"optimizer\"])\n            scheduler.load_state_dict(ckpt[\"scheduler\"])\n"),
+    ("\"optimizer\": optimizer.state_dict(),", "\"optimizer\": optimizer.state_dict(), \"scheduler\": scheduler.state_dict(),"))
 
 
 def edited_train(tmp_path, *replacements, name="train_edited"):
@@ -103,16 +108,9 @@ def test_another_optimizer(fake_mnist, tmp_path, capsys, optimizer):
 
 def test_a_scheduler_saved_in_the_dict_resumes_where_it_was(fake_mnist, tmp_path, capsys):
     """StepLR halving the rate every epoch, stepped after each epoch and saved beside the optimizer."""
-    script = edited_train(
-        tmp_path,
-        (OPTIMIZER, OPTIMIZER + "    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)\n"),
-        ("            optimizer.load_state_dict(ckpt[\"optimizer\"])\n",
-         "            optimizer.load_state_dict(ckpt[\"optimizer\"])\n"
-         "            scheduler.load_state_dict(ckpt[\"scheduler\"])\n"),
-        ("            seconds = time.perf_counter() - start\n",
-         "            seconds = time.perf_counter() - start\n            scheduler.step()\n"),
-        ("\"optimizer\": optimizer.state_dict(),", "\"optimizer\": optimizer.state_dict(), "
-                                                  "\"scheduler\": scheduler.state_dict(),"))
+    script = edited_train(tmp_path, *SCHEDULER, ("            seconds = time.perf_counter() - start\n",
+                                                 "            seconds = time.perf_counter() - start\n"
+                                                 "            scheduler.step()\n"))
     ckpt = trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, capsys)
     assert ckpt["scheduler"]["last_epoch"] == 3 and ckpt["optimizer"]["param_groups"][0]["lr"] == 0.01 / 8
     assert [h["lr"] for h in ckpt["history"]] == [0.01, 0.01 / 2, 0.01 / 4]  # the rate each epoch trained with
@@ -254,9 +252,41 @@ def test_a_resumed_run_whose_lesson_changed_keeps_both(fake_mnist, tmp_path, cap
     capsys.readouterr()
     compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.png")])
     out = capsys.readouterr().out
-    assert f"train.py differs between the runs: the same within each group of {tmp_path / 'a'}; {tmp_path / 'b'}" \
-        in out, out
-    assert "model.py differs" not in out and "data.py differs" not in out
+    assert (f"train.py: 2 versions among the runs ({tmp_path / 'a'} | {tmp_path / 'b'}; diff their lesson/train.py)"
+            in out), out
+    assert "model.py:" not in out and "data.py:" not in out
     run(train, fake_mnist, tmp_path / "b", "--epochs", 2, "--resume", tmp_path / "b" / "model.pt")
     assert (tmp_path / "b" / "lesson" / "train.py").read_text() == edited  # what it started with, as it was
     assert (tmp_path / "b" / "lesson-from-epoch-2" / "train.py").read_text() == original  # what epoch 2 ran
+
+
+
+def test_a_run_saved_before_an_edit_lacks_its_new_key_in_one_line(fake_mnist, tmp_path):
+    """The scheduler added to train.py, then a run saved before it resumed: ckpt["scheduler"] is a line."""
+    run(train, fake_mnist, tmp_path / "old", "--epochs", 1)
+    script = edited_train(tmp_path, *SCHEDULER)
+    line = main_error(script, "--resume", tmp_path / "old" / "model.pt", "--epochs", 2, "--data-dir", fake_mnist)
+    assert line == (f"error: {tmp_path / 'old' / 'model.pt'} holds no 'scheduler': it was saved by a train.py that "
+                    "did not save one; go on from a run saved with it, or start a new run")
+    assert sorted(os.listdir(tmp_path / "old")) == [".lock", "lesson", "model.pt"]  # as it was
+
+
+def test_evaluating_with_another_data_py_says_so(fake_mnist, tmp_path, capsys):
+    run(train, fake_mnist, tmp_path / "a", "--epochs", 1)
+    kept = tmp_path / "a" / "lesson" / "data.py"
+    evaluate.main([str(tmp_path / "a" / "model.pt"), "--data-dir", fake_mnist, "--no-plots"])
+    assert "note: data.py" not in capsys.readouterr().out  # the data.py it trained with
+    kept.write_text(kept.read_text().replace("TRANSFORM = transforms.ToTensor()", "TRANSFORM = transforms.Compose("
+                                             "[transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])"))
+    evaluate.main([str(tmp_path / "a" / "model.pt"), "--data-dir", fake_mnist, "--no-plots"])
+    assert capsys.readouterr().out.splitlines()[1] == (f"note: data.py is not the one this run trained with (diff "
+                                                       f"data.py {kept}): its TRANSFORM is what the images become here")
+
+
+def test_a_network_without_fc1_and_fc2_says_why_it_has_no_hidden_units_picture(fake_mnist, tmp_path, capsys,
+                                                                                 monkeypatch):
+    with_network(monkeypatch, ConvNet)
+    run(train, fake_mnist, tmp_path / "cnn", "--epochs", 1)
+    evaluate.main([str(tmp_path / "cnn" / "model.pt"), "--data-dir", fake_mnist])
+    assert "hidden_units.png is not drawn: it shows fc1's weights from the 784 pixels" in capsys.readouterr().out
+    assert not (tmp_path / "cnn" / "hidden_units.png").exists() and (tmp_path / "cnn" / "mistakes.png").exists()
