@@ -10,7 +10,6 @@ scheduler) or the loss here. Each run keeps the lesson files it ran with in <run
 """
 import math
 import os
-import shutil
 import tempfile
 import time
 
@@ -98,8 +97,8 @@ def parse_args(argv=None):
                    help="on CUDA too, train_step as written (default: replayed as a CUDA graph)")
     p.set_defaults(resuming=[], runs_dir=RUNS_DIR)  # resuming: what a resumed run goes on from, said once locked
     args = p.parse_args(argv)
-    if args.dry_run and args.resume is not None:
-        p.error("--dry-run checks a new run: leave out --resume")
+    if args.dry_run and (args.resume is not None or args.out):
+        p.error("--dry-run checks a new run in a folder of its own: leave out --resume and --out")
     if args.dry_run:  # one epoch of one batch, into a folder of its own that is removed afterwards
         args.epochs, args.out = 1, tempfile.mkdtemp(prefix="dry-run-")
     if args.resume is not None:  # the run's saved settings become the defaults, checked as flags are
@@ -119,10 +118,10 @@ def main(argv=None):
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "loader": args.loader, "threads": args.threads, "device": args.device, "data_dir": args.data_dir}
     with runs.Run(args, model, optimizer) as folder:  # a new folder in runs/, locked; Ctrl-C says what is saved
+        ckpt = runs.resumed(args, model, optimizer) if args.resume else None  # checked against them, as built
         train_loader, test_loader = data.build_loaders(args.data_dir, args.batch_size, args.seed, args.loader, device)
         history = []
-        if args.resume:  # go on exactly where the checkpoint stopped
-            ckpt = runs.resumed(args, model, optimizer)  # checked against model and optimizer as built above
+        if ckpt:  # go on exactly where the checkpoint stopped
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             train_loader.generator.set_state(ckpt["generator"])  # the shuffle
@@ -153,8 +152,7 @@ def main(argv=None):
                   f"{train_acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  {seconds:.2f}s", flush=True)
         if not args.no_plots:
             print("saved", runs.save_curves(folder, history))
-    if args.dry_run:  # the whole path ran; nothing is kept
-        shutil.rmtree(folder)
+    if args.dry_run:  # the whole path ran; the folder went with the run
         return print(f"dry run: one batch of each through the whole path; {folder} removed")
     print(f"saved {os.path.join(folder, 'model.pt')} (epoch {len(history)}, "
           f"test accuracy {history[-1]['test_acc']:.2f}%)")

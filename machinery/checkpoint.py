@@ -11,9 +11,9 @@ scheduler (tensors of every dtype, int64 counters, float steps, buffers), plain 
 containers, within bounds on bytes, values, depth and tensor sizes. The keys train.py writes are
 checked as it writes them; a key a learner adds holds any such plain value or tensor.
 """
+import copy
 import glob
 import io
-import math
 import os
 import pickletools
 import re
@@ -38,10 +38,12 @@ MAX_DEPTH = 32  # containers within containers
 MAX_TEXT = 100_000  # characters in one string (a network's description, a note)
 MAX_KEY = 1000  # characters in the name of a key
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
-          torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+          torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool, torch.uint16, torch.uint32,
+          torch.uint64, torch.float8_e4m3fn, torch.float8_e5m2)
 STORAGES = ("Float", "Double", "Half", "BFloat16", "ComplexFloat", "ComplexDouble", "Long", "Int", "Short",
             "Char", "Byte", "Bool")
-ALLOWED_GLOBALS = ({"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter",
+ALLOWED_GLOBALS = ({"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_tensor_v3",
+                    "torch.storage UntypedStorage", "torch._utils _rebuild_parameter", "torch device", "torch Size",
                     "builtins set", "builtins frozenset", "__builtin__ set", "__builtin__ frozenset", "_codecs encode"}
                    | {f"torch {name}Storage" for name in STORAGES} | {f"torch {str(d)[6:]}" for d in DTYPES})
 ENTRY = re.compile(r"[^/]+/(data\.pkl|byteorder|version|\.format_version|\.storage_alignment|"
@@ -120,7 +122,7 @@ class Walk:
         self.values, self.bytes, self.seen = 0, 0, set()
 
 
-def tensor_problem(t, walk, finite=False):
+def tensor_problem(t, walk, no_nan=False):
     """Why t is not a tensor as torch.save writes one (dense, of a plain dtype, claiming no more elements
     than its storage holds: a stride-0 view of one float can claim 150 million), or None."""
     if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or t.dtype not in DTYPES:
@@ -131,8 +133,8 @@ def tensor_problem(t, walk, finite=False):
     walk.bytes += size
     if walk.bytes > MAX_BYTES:
         return f"tensors of more than {MAX_BYTES // 2**20} MB in all"
-    if finite and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
-        return "holds NaN or infinite values"
+    if no_nan and (t.is_floating_point() or t.is_complex()) and t.isnan().any():
+        return "holds NaN values"
     return None
 
 
@@ -149,7 +151,7 @@ def metadata_problem(v):
     return None
 
 
-def plain(v, walk, finite=False, depth=0):
+def plain(v, walk, no_nan=False, depth=0):
     """Why v is not a plain value (None, a bool, number, text, bytes, dtype or tensor) or a list, tuple,
     set or dict of them, or None."""
     walk.values += 1
@@ -158,15 +160,15 @@ def plain(v, walk, finite=False, depth=0):
     if depth > MAX_DEPTH:
         return f"containers nested more than {MAX_DEPTH} deep"
     kind = type(v)
-    if v is None or kind in (bool, float, complex, torch.dtype):
+    if v is None or kind in (bool, float, complex, torch.dtype, torch.device):
         return None
     if kind is int:
         return None if v.bit_length() <= 256 else "a number of more than 256 bits"
     if kind in (str, bytes):
         return None if len(v) <= MAX_TEXT else f"a text of more than {MAX_TEXT:,} characters"
     if kind in (torch.Tensor, nn.Parameter):
-        return tensor_problem(v, walk, finite)
-    if kind not in (list, tuple, set, frozenset, dict, OrderedDict):
+        return tensor_problem(v, walk, no_nan)
+    if kind not in (list, tuple, torch.Size, set, frozenset, dict, OrderedDict):
         return f"a {kind.__name__}, which torch.save of plain values does not write"
     if id(v) in walk.seen:  # a value the pickle refers to twice (or to itself) is looked at once
         return None
@@ -183,21 +185,23 @@ def plain(v, walk, finite=False, depth=0):
         if kind in (dict, OrderedDict) and not (key is None or type(key) in (str, int, float, bool, tuple)):
             return "a dict key that is not text or a number"
         found = (plain(key, walk, False, depth + 1) if type(key) is not int else None) or \
-            plain(value, walk, finite, depth + 1)
+            plain(value, walk, no_nan, depth + 1)
         if found:
             return f"[{shown(repr(key))[:60]}] {found}" if kind in (dict, OrderedDict) else found
     return None
 
 
 def state_dict(v, walk):
-    """A module's state_dict(): names to tensors (weights, buffers, counters), finite, and the module
-    versions torch hangs on it as _metadata."""
+    """A module's state_dict(): names to tensors (weights, buffers, counters; no NaN, though a mask may
+    hold -inf), a module's own _extra_state as plain values, and the module versions torch hangs on it as
+    _metadata."""
     if not isinstance(v, dict) or not v:
         return "not a dict of tensors"
     for key, t in v.items():
-        if type(key) is not str or not key.isprintable() or len(key) > 1000:
+        if type(key) is not str or not key.isprintable() or len(key) > MAX_KEY:
             return "has a name that is not a module's"
-        found = tensor_problem(t, walk, finite=True) if torch.is_tensor(t) else "not a tensor"
+        found = (tensor_problem(t, walk, no_nan=True) if torch.is_tensor(t) else
+                 plain(t, walk) if key.endswith("_extra_state") else "not a tensor")
         if found:
             return f"{shown(key)} {found}"
     attributes = vars(v) if type(v) is OrderedDict else {}
@@ -220,13 +224,14 @@ def optimizer_state(v, walk):
     if not isinstance(state, dict) or not all(type(k) is int and 0 <= k < len(params) for k in state):
         return "state not kept by parameter number"
     for g in groups:
-        if not all(type(k) is str for k in g) or not ("lr" not in g or torch.is_tensor(g["lr"]) or
-                                                      type(g["lr"]) in (int, float) and math.isfinite(g["lr"])):
-            return "a parameter group with settings torch does not write"
+        lr = g.get("lr", 0.0)
+        lr = lr.item() if torch.is_tensor(lr) and lr.numel() == 1 and lr.is_floating_point() else lr
+        if not all(type(k) is str for k in g) or not (type(lr) in (int, float) and 0 <= lr <= 3.4e38):
+            return "a parameter group whose lr is not a number from 0 to 3.4e38"
     for i, s in state.items():
         if not isinstance(s, dict) or not all(type(k) is str for k in s):
             return f"state {i} not a dict of named values"
-    return plain(groups, walk) or plain(state, walk, finite=True)
+    return plain(groups, walk) or plain(state, walk, no_nan=True)
 
 
 def generator_state(v, walk):
@@ -246,12 +251,8 @@ def whole(low, high):
 
 def number(low, high):
     """A number from low to high: finite, so a float holds it, and small enough to plot."""
-    def check(v, walk):
-        try:
-            fits = type(v) in (int, float) and low <= v <= high
-        except OverflowError:
-            fits = False
-        return None if fits else f"not a number from {low:g} to {high:g}"
+    def check(v, walk):  # an int of any size compares with a float exactly
+        return None if type(v) in (int, float) and low <= v <= high else f"not a number from {low:g} to {high:g}"
     return check
 
 
@@ -389,9 +390,14 @@ def load(path, map_location="cpu"):
 def described(arch):
     """A network's description on one line: print(model)'s text, compacted ('Net(fc1: Linear(784, 64),
     activation: Sigmoid(), fc2: Linear(64, 10))'), or an older train.py's ('784-64-10 sigmoid') as it is."""
-    line = re.sub(r"\(\n\s*\(([^)]*)\): ", r"(\1: ", arch)
-    line = re.sub(r"\n\s*\(([^)]*)\): ", r", \1: ", line)
-    line = re.sub(r"\n\s*\)", ")", line)
+    line = ""
+    for part in (p.strip() for p in arch.split("\n")):  # part by part: a crafted text costs its length, once
+        child = re.match(r"\(([^()]*)\): ", part)
+        if child:
+            part = f"{child[1]}: {part[child.end():]}"
+            line += part if line.endswith("(") else ", " + part
+        else:
+            line += part
     line = re.sub(r"in_features=(\d+), out_features=(\d+), bias=True", r"\1, \2", line)
     return shown(line)
 
@@ -465,7 +471,7 @@ def network(arch, weights, path):
 def lesson_defines(path, name):
     """Whether the model.py kept with the run at path (read as text, never run) defines a class `name`."""
     for kept in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."), "lesson*", "model.py"))):
-        with open(kept, "rb") as f:
+        with paths.open_regular(kept, "a kept lesson file", "move it") as f:  # a FIFO: no wait
             if re.search(rf"^class {re.escape(name)}\b".encode(), f.read(2**20), re.M):
                 return True
     return False
@@ -528,11 +534,13 @@ def _same(a, b):
         return False
 
 
-def resumable(ckpt, path, model, optimizer, lr=None):
+def resumable(ckpt, path, model, optimizer, lr_given=False):
     """UserError unless training can go on from this checkpoint with the network and optimizer train.py
     builds now. Returns the lines that say what changes: the optimizer's settings as train.py now builds
-    them win over the saved ones (the lr is the saved one, where a scheduler may have moved it, unless a
-    --lr is given now), and the checkpoint's optimizer state is updated to match, for load_state_dict."""
+    them win over the saved ones; so does its lr where a --lr is given now or no scheduler was saved (one
+    that was moves the lr on, and goes on from where it was). The checkpoint's optimizer state is updated
+    to match, and tried on copies of the network and optimizer (loaded, and one step taken), so that what
+    would fail in train.py's own load_state_dict or step fails here, in one line."""
     if not same_network(model, ckpt["arch"]):
         raise UserError(f"{shown(path)} holds a {described(ckpt['arch'])} network, but model.py now builds "
                         f"{described(str(model))}: a run goes on with the network it started with; undo the "
@@ -540,28 +548,41 @@ def resumable(ckpt, path, model, optimizer, lr=None):
     if "optimizer" not in ckpt or "generator" not in ckpt:
         raise UserError(f"{shown(path)}: has no optimizer or generator state to resume from; evaluate it, "
                         "or train a new run")
+    built_weights = model.state_dict()
+    if set(ckpt["model"]) != set(built_weights) or any(
+            torch.is_tensor(t) and (t.shape != built_weights[k].shape or t.dtype != built_weights[k].dtype)
+            for k, t in ckpt["model"].items()):
+        raise UserError(f"{shown(path)}: its weights do not fit its {described(ckpt['arch'])} network; {TRAIN_AGAIN}")
     saved, built = ckpt["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"]
     if len(saved) != len(built) or any(len(s["params"]) != len(b["params"]) for s, b in zip(saved, built)):
         raise UserError(f"{shown(path)}: its optimizer holds other parameters than train.py's now; "
                         "leave out --resume to start a new run")
     if any(set(s) - {"initial_lr"} != set(b) - {"initial_lr"} for s, b in zip(saved, built)):  # a scheduler's
-        settings = ", ".join(sorted(set(saved[0]) - {"params"}))
+        settings = shown(", ".join(sorted(str(k) for k in set(saved[0]) - {"params"})))
         raise UserError(f"{shown(path)}: trained with another optimizer (its settings: {settings}) than the one "
                         f"train.py builds now ({type(optimizer).__name__}): undo the edit to train.py to resume, "
                         "or leave out --resume to start a new run")
-    sizes = [p.numel() for g in optimizer.param_groups for p in g["params"]]
-    for i, s in ckpt["optimizer"]["state"].items():
-        if any(torch.is_tensor(t) and t.numel() > sizes[i] for t in s.values()):
-            raise UserError(f"{shown(path)}: its optimizer state does not fit the network; {TRAIN_AGAIN}")
-    # a scheduler that cycles momentum (OneCycleLR, CyclicLR) keeps it in the optimizer, as it does the lr
-    cycled = {"momentum", "betas"} if any(isinstance(v, dict) and v.get("cycle_momentum") for v in ckpt.values()) \
-        else set()
+    # a saved scheduler moves the lr on (and OneCycleLR, CyclicLR the momentum): its values go on as saved
+    schedulers = [v for v in ckpt.values() if isinstance(v, dict) and "last_epoch" in v]
+    scheduled = ({"lr"} if not lr_given else set()) | (
+        {"momentum", "betas"} if any(v.get("cycle_momentum") is True for v in schedulers) else set())
     changes = []
     for s, b in zip(saved, built):
-        for key in sorted(set(b) - {"params", "lr", "initial_lr"} - cycled):
+        for key in sorted(set(b) - {"params", "initial_lr"} - (scheduled if schedulers else set())):
             if not _same(s[key], b[key]):
-                changes.append(f"{key} {s[key]} -> {b[key]} from epoch {ckpt['epoch'] + 1} (train.py's optimizer now)")
+                if key != "lr" or not lr_given:  # a --lr given now is said by resumed_settings already
+                    changes.append(f"{key} {shown(s[key])[:100]} -> {shown(b[key])[:100]} from epoch "
+                                   f"{ckpt['epoch'] + 1} (train.py's optimizer now)")
                 s[key] = b[key]
-        if lr is not None:  # a --lr given now (resumed_settings says so)
-            s["lr"] = lr
+    try:
+        trial_model, trial = copy.deepcopy((model, optimizer))  # one copy: its groups hold the copy's weights
+        if hasattr(optimizer, "_params"):  # LBFGS keeps its parameters aside too, which a copy does not carry
+            trial._params = [p for group in trial.param_groups for p in group["params"]]
+        trial.load_state_dict(copy.deepcopy(ckpt["optimizer"]))  # load_state_dict keeps the tensors it is given
+        for p in trial_model.parameters():
+            p.grad = torch.zeros_like(p)
+        trial.step(lambda: torch.zeros(()))
+    except Exception as e:  # anything torch's load_state_dict or step would raise in train.py
+        raise UserError(f"{shown(path)}: its optimizer state does not work with train.py's "
+                        f"{type(optimizer).__name__} ({type(e).__name__}); {TRAIN_AGAIN}") from None
     return list(dict.fromkeys(changes))

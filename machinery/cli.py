@@ -66,8 +66,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):  # one line that says what to do, not the whole usage block
         if self.saved_in:  # the flags passed before: it is a saved setting that failed its check
-            raise UserError(f"{self.saved_in}: a saved setting is not one train.py accepts ({message}); "
-                            "train a new run")
+            raise UserError(f"{self.saved_in}: a saved setting is not one train.py accepts here ({message}); "
+                            "pass that flag with a value it accepts, or train a new run")
         self.exit(2, f"error: {message}; see python {self.prog} --help\n")
 
 

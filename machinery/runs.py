@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 
 try:
     import fcntl
@@ -62,6 +63,8 @@ class Run:
         # the rate the optimizer was given (Adam's own, say), and its name where it is not SGD
         named = dict(vars(args), lr=float(optimizer.param_groups[0]["lr"]))
         self.made = args.out is None or not os.path.lexists(args.out)  # ours to remove if nothing is saved
+        self.tmp_made = False  # whether a model.pt.tmp there is ours (torch.save's, cut short) to remove
+        self.temporary = args.dry_run  # a folder of its own, removed whatever happens
         self.folder = (new_folder(args.runs_dir, folder_name(named, arch, type(optimizer).__name__))
                        if args.out is None else args.out)
         self.model_path = os.path.join(self.folder, "model.pt")
@@ -74,6 +77,7 @@ class Run:
         self.kept, self.started_at = [], saved_epoch(self.folder)  # the lesson it keeps, the epoch it goes on from
         try:
             self.check_files(args.resume)
+            self.tmp_made = True  # none was there: one there from now on is train.py's own
             self.keep_lesson()
         except BaseException:
             self.close()
@@ -81,6 +85,9 @@ class Run:
 
     def check_files(self, continues):
         """UserError if the run would write over anything but the checkpoint it continues."""
+        if os.path.lexists(self.model_path + ".tmp"):  # torch.save would write through a link or FIFO there
+            raise UserError(f"{shown(os.path.abspath(self.model_path + '.tmp'))} is in the way (left by a run that "
+                            "was killed, or not ours): remove it, or pass another --out")
         for name in RUN_FILES + ("lesson",):
             path = os.path.join(self.folder, name)
             if os.path.lexists(path) and not (os.path.isdir(path) if name == "lesson" else os.path.isfile(path)):
@@ -107,7 +114,9 @@ class Run:
         if kept == now:
             return
         folder = os.path.join(self.folder, "lesson" if not kept else f"lesson-from-epoch-{saved_epoch(self.folder) + 1}")
-        os.makedirs(folder, exist_ok=True)
+        if os.path.lexists(folder):  # a lesson folder of that epoch, from elsewhere: never written over
+            raise UserError(f"{shown(os.path.abspath(folder))} is in the way: move it, or pass another --out")
+        os.makedirs(folder)
         for name, text in now.items():
             write(os.path.join(folder, name), text)
             self.kept.append(os.path.join(folder, name))
@@ -116,7 +125,7 @@ class Run:
         return self.folder
 
     def __exit__(self, kind, error, traceback):
-        cut_short = os.path.isfile(self.model_path + ".tmp")  # torch.save failed (a full disk), or was stopped
+        cut_short = self.tmp_made and os.path.isfile(self.model_path + ".tmp")  # torch.save failed, or was stopped
         self.close()
         if isinstance(error, KeyboardInterrupt):
             raise cli.Stopped.saying(error, self.where_to_go_on()) from None
@@ -128,7 +137,10 @@ class Run:
         if self.lock:
             self.lock.close()  # the folder is free again
             self.lock = None
-        if os.path.isfile(self.model_path + ".tmp"):  # a save cut short (Ctrl-C): model.pt is whole
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        if self.tmp_made and os.path.isfile(self.model_path + ".tmp"):  # a save cut short (Ctrl-C): model.pt is whole
             os.unlink(self.model_path + ".tmp")
         if saved_epoch(self.folder) == self.started_at:  # no epoch saved: the lesson it kept goes again
             for path in self.kept:
@@ -224,8 +236,7 @@ def resumed(args, model, optimizer):
     network and optimizer train.py builds now; its optimizer settings are train.py's now (the lr the
     saved one, or a --lr given now). Adds the lines that say what changed to args.resuming."""
     ckpt = checkpoint.load(args.resume)
-    lr = args.lr if args.lr != ckpt["config"]["lr"] else None
-    changes = checkpoint.resumable(ckpt, args.resume, model, optimizer, lr)
+    changes = checkpoint.resumable(ckpt, args.resume, model, optimizer, lr_given=args.lr != ckpt["config"]["lr"])
     args.resuming += changes
     ckpt.setdefault("rng", checkpoint.torch.Generator().manual_seed(ckpt["config"]["seed"]).get_state())
     return ckpt
@@ -250,7 +261,10 @@ def resumed_settings(parser, argv, args, runs_dir):
     ckpt = checkpoint.load(path)
     config = ckpt["config"]
     parser.saved_in = shown(path)  # a saved setting that fails its flag's check names the checkpoint
-    parser.set_defaults(**{key: str(value) for key, value in config.items() if parser.get_default(key) is not None})
+    # the settings train.py saves, each taken as its flag takes text (nothing else the file holds: a saved
+    # "dry_run" or "runs_dir" must not become a setting)
+    parser.set_defaults(**{key: str(value) for key, value in config.items()
+                           if key in checkpoint.CONFIG and parser.get_default(key) is not None})
     resumed = parser.parse_args(argv)
     if resumed.seed != config["seed"]:
         raise UserError(f"--seed {resumed.seed}: a resumed run goes on from its own weights and shuffle "

@@ -168,9 +168,9 @@ def test_a_saved_threads_setting_over_the_cpus_is_refused_on_resume(trained, tmp
             continue
         with pytest.raises(cli.UserError) as e:
             train.parse_args(["--resume", str(path), "--epochs", "5"])
-        assert str(e.value) == (f"{path}: a saved setting is not one train.py accepts (argument --threads: 4 threads "
-                                "is more than the 3 CPU(s) this machine gives this process: use 1 to 3); "
-                                "train a new run")
+        assert str(e.value) == (f"{path}: a saved setting is not one train.py accepts here (argument --threads: 4 "
+                                "threads is more than the 3 CPU(s) this machine gives this process: use 1 to 3); "
+                                "pass that flag with a value it accepts, or train a new run")
         args = train.parse_args(["--resume", str(path), "--epochs", "5", "--threads", "2"])  # a flag wins over it
         assert args.threads == 2
 
