@@ -74,7 +74,8 @@ def trains_saves_evaluates_compares_and_resumes(script, fake_mnist, tmp_path, ca
     evaluate.main([str(tmp_path / "whole" / "model.pt"), "--image", SEVEN])
     assert f"{SEVEN}: " in capsys.readouterr().out
     compare.main([str(tmp_path / "whole"), str(tmp_path / "resumed"), "--out", str(tmp_path / "c.png")])
-    assert "whole" in capsys.readouterr().out and (tmp_path / "c.png").exists()
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith(str(tmp_path / "whole")) and rows[2].startswith(str(tmp_path / "resumed")), rows
     path = str(tmp_path / "whole" / "model.pt")
     with open(SEVEN, "rb") as f:  # what draw.py answers the page: the network the run holds
         status, answer = draw.predict(checkpoint.model_from(checkpoint.load(path), path).eval(), "cpu", f.read())
@@ -104,6 +105,18 @@ def test_another_optimizer(fake_mnist, tmp_path, capsys, optimizer):
     script.RUNS_DIR = str(tmp_path / "runs")
     script.main(["--data-dir", fake_mnist, "--device", "cpu", "--no-plots", "--epochs", "1"])
     assert os.listdir(tmp_path / "runs") == [f"lr{lr:g}-bs64" if name == "SGD" else f"{name.lower()}-lr{lr:g}-bs64"]
+
+
+def test_an_edited_rate_in_the_optimizer_line_takes_effect_on_resume(fake_mnist, tmp_path, capsys):
+    """No scheduler saved: the lr written in train.py now is the one that goes on, and a line says so."""
+    first = edited_train(tmp_path, (OPTIMIZER, "    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)\n"))
+    run(first, fake_mnist, tmp_path / "a", "--epochs", 1)
+    later = edited_train(tmp_path, (OPTIMIZER, "    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)\n"),
+                         name="train_later")
+    capsys.readouterr()
+    ckpt = run(later, fake_mnist, tmp_path / "a", "--epochs", 2, "--resume", tmp_path / "a" / "model.pt")
+    assert "lr 0.001 -> 0.0001 from epoch 2 (train.py's optimizer now)" in capsys.readouterr().out
+    assert [h["lr"] for h in ckpt["history"]] == [1e-3, 1e-4]
 
 
 def test_a_scheduler_saved_in_the_dict_resumes_where_it_was(fake_mnist, tmp_path, capsys):
