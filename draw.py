@@ -3,16 +3,12 @@
     python draw.py                      # the newest run's model.pt, on http://127.0.0.1:8000/
     python draw.py runs/lr0.1-bs64/model.pt --port 8080
 
-Serves the page in machinery/page/ (plain HTML, CSS and JavaScript) and one endpoint, POST /predict,
-which takes the bytes of an image (the canvas as PNG, or a photo) and answers JSON: the ten
-probabilities, the digit, the 28x28 image the network saw, the runner-up, and each pixel's evidence
-for the digit against the runner-up (evidence.py). It goes through photo.read_digit, as
-evaluate.py --image does, so a drawing and a saved photo of it get the same answer.
-
-The HTTP is waitress's: it reads each request whole before a thread sees it, and its settings
-(SETTINGS) bound sizes, connections and idle time. What is ours: the Host and Origin check (other
-web pages may not use the server), and one thread at most on an image not known to be quick, so
-that a photo never holds up a drawing. docs/draw_server.md has the threat model and the figures.
+Serves machinery/page/ and POST /predict: an image's bytes in (the canvas as PNG, or a photo), JSON
+out (the ten probabilities, the digit, the 28x28 image the network saw, the runner-up and each pixel's
+evidence), through photo.read_digit as evaluate.py --image goes. The HTTP is waitress's, which reads
+each request whole before a thread sees it, its SETTINGS bounding sizes, connections and idle time.
+Ours: the Host and Origin check (no other web page may use it), and one thread at most on an image
+not known to be quick, so a photo never holds up a drawing. Threat model, figures: docs/draw_server.md.
 """
 import base64
 import http
@@ -28,11 +24,7 @@ import waitress
 from waitress import channel, parser, wasyncore
 
 import data
-from machinery import checkpoint
-from machinery import cli
-from machinery import evidence
-from machinery import photo
-from machinery import runs
+from machinery import checkpoint, cli, evidence, photo, runs
 from train import DEVICE, RUNS_DIR, THREADS
 
 HOST = "127.0.0.1"  # loopback: only this machine can reach the page
