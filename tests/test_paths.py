@@ -166,15 +166,21 @@ def test_compare_out_that_is_not_a_file(trained, tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_train_out_with_a_lock_that_is_not_a_file(fake_mnist, tmp_path, kind):
+@pytest.mark.parametrize("name", [".lock", "model.pt"])
+def test_train_out_with_a_run_file_that_is_not_a_file(fake_mnist, tmp_path, kind, name):
+    """.lock or model.pt a FIFO (a folder, a socket, a link to nothing): refused, without waiting on it."""
     out = tmp_path / "run"
     out.mkdir()
-    lock = make(out / ".lock", kind)
+    path = make(out / name, kind)
     line = refused(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--epochs", "1",
-                                       "--device", "cpu", "--no-plots"]), lock)
-    assert line == (f"{lock} is {said(lock, kind)}, not a regular file, so not a lock file: "
-                    "remove it, or pass another --out")
-    assert os.listdir(out) == [".lock"] and os.path.lexists(lock)
+                                       "--device", "cpu", "--no-plots"]), path)
+    if name == ".lock":
+        assert line == (f"{path} is {said(path, kind)}, not a regular file, so not a lock file: "
+                        "remove it, or pass another --out")
+        assert os.listdir(out) == [".lock"]
+    else:
+        assert f"model.pt is in the way ({said(path, kind)}, not a regular file): move it" in line
+    assert os.path.lexists(path)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "socket", "dangling"])
@@ -183,18 +189,6 @@ def test_train_out_that_is_not_a_folder(fake_mnist, tmp_path, kind):
     line = refused(lambda: train.main(["--data-dir", fake_mnist, "--out", out, "--epochs", "1", "--device", "cpu"]),
                    out)
     assert line == f"{out} is {said(out, kind)}{', not a folder' * (kind != 'dangling')}; pass --out DIR"
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_train_out_with_run_files_that_are_not_files(fake_mnist, tmp_path, kind):
-    """model.pt a FIFO: refused as in the way, and the folder let go of without reading it."""
-    out = tmp_path / "run"
-    out.mkdir()
-    history = make(out / "model.pt", kind)
-    line = refused(lambda: train.main(["--data-dir", fake_mnist, "--out", str(out), "--epochs", "1",
-                                       "--device", "cpu", "--no-plots"]), history)
-    assert f"model.pt is in the way ({said(history, kind)}, not a regular file): move it" in line
-    assert os.path.lexists(history)
 
 
 @pytest.mark.parametrize("kind", KINDS)
